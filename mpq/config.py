@@ -1,0 +1,109 @@
+"""Config validation against the workflow's JSON Schema, with defaults and one-line errors.
+
+Snakemake's own validator reports a multi-line jsonschema dump; users need one line that names
+the key and says what is wrong. Values given on the command line (`--config a.b=3`) may arrive as
+strings, so scalars are coerced to the type the schema asks for before validation.
+"""
+from __future__ import annotations
+
+import copy
+
+import jsonschema
+
+
+class ConfigError(ValueError):
+    """A config that does not match the schema; the message is one line naming the key."""
+
+
+def _path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def _coerce(value, schema: dict):
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else (types or [])
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if "boolean" in types and low in ("true", "false"):
+            return low == "true"
+        if "null" in types and low in ("null", "none", "~"):
+            return None
+        for t, conv in (("integer", int), ("number", float)):
+            if t in types:
+                try:
+                    return conv(value)
+                except ValueError:
+                    pass
+    return value
+
+
+def _apply_defaults_and_coerce(node, schema: dict, root: dict):
+    """Fill `default`s of object properties and coerce string scalars, recursively."""
+    if "$ref" in schema:
+        ref = schema["$ref"].split("/")[1:]
+        target = root
+        for part in ref:
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if isinstance(node, dict) and schema.get("type") in ("object", None):
+        props = schema.get("properties", {})
+        for key, sub in props.items():
+            if key not in node and "default" in sub:
+                node[key] = copy.deepcopy(sub["default"])
+            if key in node:
+                node[key] = _apply_defaults_and_coerce(node[key], sub, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in node:
+                if key not in props:
+                    node[key] = _apply_defaults_and_coerce(node[key], extra, root)
+        return node
+    if isinstance(node, list) and isinstance(schema.get("items"), dict):
+        return [_apply_defaults_and_coerce(v, schema["items"], root) for v in node]
+    return _coerce(node, schema)
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        keys = ", ".join(f"{_path(list(error.absolute_path) + [k])}" for k in extra)
+        return f"unknown key {keys}; allowed here: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator in ("oneOf", "anyOf"):
+        hint = error.schema.get("description", "")
+        return f"{where}: value {error.instance!r} is not valid here" + (f" ({hint})" if hint else "")
+    return f"{where}: {error.message}"
+
+
+def validate_config(config: dict, schema: dict) -> dict:
+    """Return a validated copy of `config` with defaults filled in; raise ConfigError otherwise."""
+    cfg = _apply_defaults_and_coerce(copy.deepcopy(config), schema, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(f"config error: {_one_line(best)}")
+    _check_policies(cfg)
+    return cfg
+
+
+def _check_policies(cfg: dict) -> None:
+    """Cross-key rules a JSON Schema cannot express well."""
+    recipes = cfg.get("finetune", {})
+    for name, pol in cfg.get("policies", {}).items():
+        where = f"policies.{name}"
+        if pol["search"] == "uniform" and "bits" not in pol:
+            raise ConfigError(f"config error: {where}: search 'uniform' needs bits: [w, a]")
+        if pol["search"] != "uniform":
+            if not pol.get("budget"):
+                raise ConfigError(f"config error: {where}: search {pol['search']!r} needs a budget "
+                                  f"(bitops, bitops_g, size_mb or compression_ratio)")
+            if "importance" not in pol:
+                raise ConfigError(f"config error: {where}: search {pol['search']!r} needs importance")
+        recipe = pol.get("finetune", "none")
+        if recipe != "none" and recipe not in recipes:
+            raise ConfigError(f"config error: {where}.finetune: recipe {recipe!r} is not defined under "
+                              f"finetune: (have {', '.join(sorted(recipes)) or 'none'})")

@@ -1,0 +1,1 @@
+"""Importance indicators: how much each layer suffers from fewer bits."""

@@ -1,0 +1,1 @@
+"""Bit-width search: turn importance and budgets into a per-layer policy."""

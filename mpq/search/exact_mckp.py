@@ -1,0 +1,256 @@
+"""Exact multiple-choice knapsack search with Lagrangian bounds.
+
+Why not just call a MILP solver: on the ResNet-50 golden problem the LP gap is
+about 0.08 %, so CBC and HiGHS branch for 0.3-0.5 s. This search proves the
+same optimum in a few tens of milliseconds.
+
+Method (every pruning rule keeps at least one optimal solution):
+
+1. Lagrangian dual. For multipliers mu >= 0 on the rows normalised to
+   rhs = 1, ``phi(mu) = sum_l min_p (f_lp + mu . c_lp) - sum(mu)`` is a lower
+   bound on the optimum. Coordinate ascent finds a good mu (any mu is valid).
+2. Incumbent. A beam search over the layers gives a feasible solution, its
+   objective is the upper bound UB.
+3. Reduced-cost fixing. ``f(x) >= phi(mu) + sum_l r_l(x_l)`` for feasible x,
+   where r is the reduced cost under mu, so an option with r > UB - phi(mu)
+   is in no solution better than UB and is dropped.
+4. Breadth-first search over the layers. A partial choice (state) keeps its
+   exact integer usage and its objective. It is dropped when
+   - the cheapest completion of some row overflows its budget (exact ints);
+   - for some mu in a small set around the dual optimum, its objective plus
+     ``sum_{rest} min_p (f + mu . c) - mu . (1 - usage)`` exceeds UB: every
+     completion costs at least that, because the rest uses at most
+     ``1 - usage`` of each row;
+   - another state has no larger objective and no larger usage in every row:
+     any completion of the dropped state completes the other one as well,
+     feasibly and no worse.
+   What reaches the last layer therefore contains an optimal solution.
+
+Floating point enters only in objective sums and bounds; bound tests carry a
+relative tolerance of 1e-9 so rounding can only keep extra states, never drop
+the optimum. Budgets are checked on exact integers.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from mpq.search.choice_problem import ChoiceProblem
+
+BEAM_WIDTHS = (32, 512)  # a wider beam is tried when the first incumbent leaves too many states
+MAX_STATES = 50_000  # per layer before pruning; beyond it the caller falls back to a MILP
+_SCALES = (0.0, 0.5, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.5, 2.0)
+
+
+class SearchTooLarge(RuntimeError):
+    """The state space outgrew MAX_STATES; a MILP solver should take over."""
+
+
+def _maximise_along(evaluate) -> float:
+    """Argmax over t >= 0 of a concave piecewise-linear function, to a relative 1e-6.
+
+    ``evaluate(t)`` returns (value, slope); bisection on the slope's sign.
+    Any multiplier gives a valid bound, so this precision only affects speed.
+    """
+    if evaluate(0.0)[1] <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(64):  # grow hi until the slope turns non-positive
+        if evaluate(hi)[1] <= 0:
+            break
+        lo, hi = hi, hi * 2.0
+    while hi - lo > 1e-6 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        if evaluate(mid)[1] > 0:
+            lo = mid
+        else:
+            hi = mid
+    return max((lo, hi), key=lambda t: evaluate(t)[0])
+
+
+def lagrangian_multipliers(obj: np.ndarray, norm: np.ndarray, max_cycles: int = 20):
+    """Coordinate ascent on phi; returns (mu, phi(mu)).
+
+    ``obj`` is (N, P) with +inf for missing options, ``norm`` (m, N, P) the
+    costs divided by their budgets. The slope of phi along mu_r is
+    ``sum_l norm_r(argmin_l) - 1``.
+    """
+    m = norm.shape[0]
+    mu = np.zeros(m)
+    layers = np.arange(obj.shape[0])
+    mixed = obj.copy()  # obj + mu . norm, kept in sync with mu
+
+    def at(r, t):
+        trial = mixed + (t - mu[r]) * norm[r]
+        arg = trial.argmin(axis=1)
+        value = float(trial[layers, arg].sum()) - (mu.sum() - mu[r] + t)
+        return value, float(norm[r][layers, arg].sum()) - 1.0
+
+    best = float(obj.min(axis=1).sum())
+    for _ in range(max_cycles):
+        before = best
+        for r in range(m):
+            t = _maximise_along(lambda x: at(r, x))
+            value = at(r, t)[0]
+            if value >= best:
+                mixed += (t - mu[r]) * norm[r]
+                mu[r] = t
+                best = value
+        if best - before <= 1e-12 * max(1.0, abs(best)):
+            break
+    return mu, best
+
+
+def _multiplier_set(mu: np.ndarray) -> np.ndarray:
+    """A few multipliers around mu: the best one for a state depends on its leftover budget."""
+    out = [mu]
+    for s in _SCALES:
+        out.append(mu * s)
+    for r in range(len(mu)):
+        for s in _SCALES:
+            v = mu.copy()
+            v[r] *= s
+            out.append(v)
+    return np.array(out)  # duplicates (e.g. mu * 0 per row) cost little and keep this cheap
+
+
+def _drop_dominated(usage: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Indices (in a deterministic order) of states no other state dominates."""
+    m = usage.shape[1]
+    if m == 0:
+        return np.array([int(np.argmin(value))]) if len(value) else np.zeros(0, dtype=np.int64)
+    if m == 1:
+        order = np.lexsort((value, usage[:, 0]))
+        v = value[order]
+        prev_best = np.minimum.accumulate(np.concatenate(([np.inf], v[:-1])))
+        return order[v < prev_best]
+    if m > 2:
+        # Exact 3+-D dominance is costly in Python; dropping nothing is always valid.
+        return np.lexsort(tuple(usage[:, r] for r in reversed(range(m))) + (value,))
+    order = np.lexsort((usage[:, 1], usage[:, 0], value))
+    xs: list[int] = []  # staircase of kept usages: x ascending, y strictly descending
+    ys: list[int] = []
+    keep = []
+    for i, x, y in zip(order.tolist(), usage[order, 0].tolist(), usage[order, 1].tolist()):
+        p = bisect.bisect_right(xs, x)
+        if p and ys[p - 1] <= y:
+            continue  # an earlier (no worse) state uses no more of either row
+        a = bisect.bisect_left(xs, x)
+        q = a
+        while q < len(xs) and ys[q] >= y:
+            q += 1
+        xs[a:q] = [x]
+        ys[a:q] = [y]
+        keep.append(i)
+    return np.array(keep, dtype=np.int64)
+
+
+class _Levels:
+    """Per-level data for searching the layers in a fixed order."""
+
+    def __init__(self, obj, cost, norm, rhs, alive, mus):
+        n = obj.shape[0]
+        spread = np.zeros(n)
+        for r in range(norm.shape[0]):
+            hi = np.where(alive, norm[r], -np.inf).max(axis=1)
+            lo = np.where(alive, norm[r], np.inf).min(axis=1)
+            spread += hi - lo
+        # Layers that move the budget most go first, so the leftover budget
+        # constrains the rest early and the bounds bite.
+        self.order = np.argsort(-spread, kind="stable")
+        self.options = [np.flatnonzero(alive[l]) for l in self.order]
+        self.obj = [obj[l, ids] for l, ids in zip(self.order, self.options)]
+        self.cost = [cost[:, l, ids].T.copy() for l, ids in zip(self.order, self.options)]  # (p, m)
+        m = len(rhs)
+        big = np.iinfo(np.int64).max
+        cmin = np.where(alive[None], cost, big).min(axis=2)[:, self.order]  # (m, n)
+        self.min_rest = np.zeros((n + 1, m), dtype=np.int64)
+        self.min_rest[:n] = np.cumsum(cmin[:, ::-1], axis=1)[:, ::-1].T
+        self.mus = mus
+        lagr = obj[None] + np.einsum("jr,rnp->jnp", mus, norm)
+        lmin = np.where(alive[None], lagr, np.inf).min(axis=2)[:, self.order]  # (M, n)
+        self.bound_rest = np.zeros((n + 1, len(mus)))
+        self.bound_rest[:n] = np.cumsum(lmin[:, ::-1], axis=1)[:, ::-1].T
+
+
+def _search(levels: _Levels, rhs: np.ndarray, ub: float, beam: int | None, tol: float):
+    """Layer-by-layer search; returns (choice in original layer order, value) or None."""
+    m = len(rhs)
+    inv_rhs = 1.0 / np.maximum(rhs, 1).astype(np.float64)
+    usage = np.zeros((1, m), dtype=np.int64)
+    value = np.zeros(1)
+    parents, picks = [], []
+    for k, ids in enumerate(levels.options):
+        n, p = len(value), len(ids)
+        if n * p > MAX_STATES:
+            raise SearchTooLarge(f"{n * p} states at layer {k}")
+        nu = (usage[:, None, :] + levels.cost[k][None]).reshape(-1, m)
+        nv = (value[:, None] + levels.obj[k][None]).reshape(-1)
+        par = np.repeat(np.arange(n), p)
+        pick = np.tile(ids, n)
+        ok = np.all(nu + levels.min_rest[k + 1] <= rhs, axis=1)
+        nu, nv, par, pick = nu[ok], nv[ok], par[ok], pick[ok]
+        slack = 1.0 - nu * inv_rhs
+        bound = nv + (levels.bound_rest[k + 1][None, :] - slack @ levels.mus.T).max(axis=1)
+        if beam is None:
+            sel = np.flatnonzero(bound <= ub + tol)
+            sel = sel[_drop_dominated(nu[sel], nv[sel])]
+        else:
+            sel = np.argsort(bound, kind="stable")[: 4 * beam]
+            sel = np.sort(sel[_drop_dominated(nu[sel], nv[sel])])
+            sel = sel[np.argsort(bound[sel], kind="stable")[:beam]]
+        usage, value = nu[sel], nv[sel]
+        parents.append(par[sel])
+        picks.append(pick[sel])
+        if not len(value):
+            return None
+    best = int(np.argmin(value))
+    choice = [0] * len(levels.order)
+    i = best
+    for k in reversed(range(len(levels.order))):
+        choice[levels.order[k]] = int(picks[k][i])
+        i = int(parents[k][i])
+    return choice, float(value[best])
+
+
+def solve_mckp(problem: ChoiceProblem) -> list[int]:
+    """Return an optimal option index per layer (raises SearchTooLarge when it would be slow)."""
+    obj = problem.objective
+    cost = problem.costs
+    rhs = problem.rhs.astype(np.int64)
+    alive = problem.exists
+    norm = cost / np.maximum(rhs, 1).astype(np.float64)[:, None, None]
+    mu, phi = lagrangian_multipliers(np.where(alive, obj, np.inf), np.where(alive[None], norm, 0.0))
+    mixed = np.where(alive, obj + np.einsum("r,rnp->np", mu, norm), np.inf)
+    reduced = mixed - mixed.min(axis=1, keepdims=True)
+    mus = _multiplier_set(mu)
+    # Rounding in sums of N terms of this size stays far below tol, so bound
+    # tests with tol can only keep extra states.
+    tol = 1e-9 * max(1.0, float(np.abs(np.where(alive, mixed, 0.0)).max(axis=1).sum()))
+
+    ub, best = np.inf, None
+    beam_levels = None
+    for width in BEAM_WIDTHS:
+        if beam_levels is None:
+            beam_levels = _Levels(obj, cost, norm, rhs, _within_gap(alive, reduced, ub - phi, tol), mus)
+        found = _search(beam_levels, rhs, np.inf, width, tol)
+        if found is not None and found[1] < ub:
+            best, ub = found
+            beam_levels = None
+        if best is None:
+            continue
+        keep = _within_gap(alive, reduced, ub - phi, tol)
+        keep[np.arange(len(best)), best] = True  # the incumbent stays reachable despite rounding
+        try:
+            found = _search(_Levels(obj, cost, norm, rhs, keep, mus), rhs, ub, None, tol)
+        except SearchTooLarge:
+            continue
+        return best if found is None or found[1] > ub else found[0]
+    raise SearchTooLarge(f"no proof of optimality within {MAX_STATES} states per layer")
+
+
+def _within_gap(alive, reduced, gap, tol):
+    """Options that can still be part of a solution no worse than the incumbent."""
+    return alive & (reduced <= gap + tol)

@@ -1,0 +1,37 @@
+"""Stage: evaluate a finetuned quantized model on the test split. Writes metrics.json."""
+import time
+
+from mpq.build import quantized_model
+from mpq.cost import CostModel
+from mpq import models
+from mpq.data import make_loader
+from mpq.io import atomic_write_json
+from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
+from mpq.stage_common import load_data
+from mpq.train import evaluate
+
+
+def main():
+    ap = stage_parser(__doc__, "device, dataset, model, policy_name, policy")
+    ap.add_argument("--model", required=True, help="finetuned quantized checkpoint")
+    ap.add_argument("--out", required=True, help="metrics.json")
+    args = ap.parse_args()
+    spec = begin_stage(args)
+    model, policy, ckpt = quantized_model(args.model)
+    data = load_data(spec)
+    device = resolve_device(spec["device"])
+    t0 = time.perf_counter()
+    result = evaluate(model.to(device), make_loader(data.test, spec["dataset"]["batch_size"], train=False,
+                                                    workers=spec["dataset"].get("workers", 0)), device)
+    cost = CostModel.from_model(models.create(policy.arch, num_classes=policy.num_classes), policy.image_size,
+                                fixed_bits=policy.fixed_bits)
+    cfg = spec["policy"]
+    metrics = {"policy": spec["policy_name"], "search": cfg["search"], "importance": cfg.get("importance"),
+               "finetune": cfg.get("finetune"), "budget": cfg.get("budget") or {"bits": cfg.get("bits")},
+               **result, **policy.cost_summary(cost), "eval_seconds": round(time.perf_counter() - t0, 3),
+               "w_bits": policy.w_bits, "a_bits": policy.a_bits}
+    atomic_write_json(args.out, metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

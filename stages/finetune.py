@@ -1,0 +1,33 @@
+"""Stage: quantize the FP32 model to a policy and finetune it (LSQ QAT; epochs 0 = no training)."""
+from mpq.build import fp32_model, quantize_for_policy
+from mpq.policy import Policy
+from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
+from mpq.stage_common import load_data, loader_args
+from mpq.train import save_checkpoint
+from mpq.train.qat import finetune_lsq
+
+
+def main():
+    ap = stage_parser(__doc__, "seed, device, dataset, model, quant, recipe_name, recipe")
+    ap.add_argument("--policy", required=True, help="policy.yaml from the search stage")
+    ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    spec = begin_stage(args)
+    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
+    policy = Policy.load(args.policy)
+    model, _ = fp32_model(args.fp32, arch, num_classes)
+    if (policy.arch, policy.num_classes) != (arch, num_classes):
+        raise ValueError(f"{args.policy}: policy is for {policy.arch}/{policy.num_classes} classes but the "
+                         f"model is {arch}/{num_classes}; search again for this model")
+    data = load_data(spec)
+    quantize_for_policy(model, policy, spec["quant"])
+    policy.check_model(model.mpq_searchable, source=args.policy)
+    metrics = finetune_lsq(model, data, spec["recipe"], resolve_device(spec["device"]), **loader_args(spec))
+    save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
+                    kind="quantized", config=spec, metrics=metrics, policy=policy.to_dict(),
+                    quant=spec["quant"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,36 @@
+"""Stage: search one policy (uniform / ilp) and write policy.yaml."""
+from mpq import models
+from mpq.build import fixed_bits_of
+from mpq.cost import CostModel
+from mpq.policy import Policy
+from mpq.runtime import begin_stage, run_stage, stage_parser
+from mpq.search.policy_search import search_policy
+
+
+def main():
+    ap = stage_parser(__doc__, "policy_name, policy, model, image_size, quant, search")
+    ap.add_argument("--importance", default=None, help="importance file of the policy's method")
+    ap.add_argument("--out", required=True, help="policy.yaml")
+    args = ap.parse_args()
+    spec = begin_stage(args)
+    arch, num_classes, image_size = spec["model"]["arch"], spec["model"]["num_classes"], spec["image_size"]
+    fixed = fixed_bits_of(spec["quant"])
+    cost = CostModel.from_model(models.create(arch, num_classes=num_classes), image_size, fixed_bits=fixed)
+    w, a, meta = search_policy(spec["policy"], cost, spec["quant"]["candidates"],
+                               importance_path=args.importance, settings=spec.get("search"))
+    budget = spec["policy"].get("budget")
+    target = {}
+    if budget:
+        b = cost.searchable_budget(budget)
+        target = {"requested": budget,
+                  "bitops_g": None if b.total_bitops is None else round(b.total_bitops / 1e9, 6),
+                  "size_mb": None if b.total_size_bits is None else round(b.total_size_bits / 8 / 2**20, 6)}
+    policy = Policy(arch, num_classes, image_size, cost.names, w, a, fixed_bits=fixed,
+                    meta={"name": spec["policy_name"], "budget": target, "search": meta})
+    if meta["method"] != "uniform":   # uniform baselines may use any supported bit, e.g. W8A8
+        policy.check_candidates(spec["quant"]["candidates"])
+    policy.save(args.out, cost)
+
+
+if __name__ == "__main__":
+    run_stage(main)
