@@ -34,11 +34,16 @@ REFERENCE_SECONDS = (0.31, 0.43)
 def synthetic_indicators(names, seed=0):
     """Same shape as the reference file: steps grow as bits fall, act about 3x weight."""
     rng = random.Random(seed)
-    weight, act = [], []
-    for _ in names:
-        w0, a0 = rng.uniform(0.005, 0.05), rng.uniform(0.05, 0.3)
-        weight.append({b: w0 * rng.uniform(1.2, 1.8) ** (6 - b) for b in CANDIDATES})
-        act.append({b: a0 * rng.uniform(1.3, 1.6) ** (6 - b) for b in CANDIDATES})
+
+    def rising(start, lo, hi):
+        steps, value = {}, start
+        for b in CANDIDATES:  # descending
+            steps[b] = value
+            value *= rng.uniform(lo, hi)
+        return steps
+
+    weight = [rising(rng.uniform(0.005, 0.05), 1.2, 1.8) for _ in names]
+    act = [rising(rng.uniform(0.05, 0.3), 1.3, 1.6) for _ in names]
     return weight, act
 
 

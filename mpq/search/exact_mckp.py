@@ -9,8 +9,8 @@ Method (every pruning rule keeps at least one optimal solution):
 1. Lagrangian dual. For multipliers mu >= 0 on the rows normalised to
    rhs = 1, ``phi(mu) = sum_l min_p (f_lp + mu . c_lp) - sum(mu)`` is a lower
    bound on the optimum. Coordinate ascent finds a good mu (any mu is valid).
-2. Incumbent. A beam search over the layers gives a feasible solution, its
-   objective is the upper bound UB.
+2. Incumbent. A beam search over the layers (same bounds, best 32 states
+   per layer) gives a feasible solution; its objective is the upper bound UB.
 3. Reduced-cost fixing. ``f(x) >= phi(mu) + sum_l r_l(x_l)`` for feasible x,
    where r is the reduced cost under mu, so an option with r > UB - phi(mu)
    is in no solution better than UB and is dropped.
@@ -25,10 +25,15 @@ Method (every pruning rule keeps at least one optimal solution):
      any completion of the dropped state completes the other one as well,
      feasibly and no worse.
    What reaches the last layer therefore contains an optimal solution.
+   If a layer would expand to more than MAX_STATES states, a 512-wide beam
+   looks for a better UB and the proof is retried; if that fails too,
+   SearchTooLarge tells the caller to use a MILP solver instead.
 
 Floating point enters only in objective sums and bounds; bound tests carry a
-relative tolerance of 1e-9 so rounding can only keep extra states, never drop
-the optimum. Budgets are checked on exact integers.
+tolerance of 1e-9 times the summed per-layer magnitudes, so rounding can only
+keep extra states, never drop the optimum. Budgets are checked on exact
+integers. The result is deterministic: every sort is stable and ties keep the
+first state.
 """
 
 from __future__ import annotations

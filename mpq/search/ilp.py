@@ -5,11 +5,12 @@
               sum_l P_l * w_l         <= S_S      (weight bits, searchable part)
 
 Solvers: 'auto' (default) runs the exact multiple-choice-knapsack search of
-``exact_mckp`` (proven optimal, ~10x faster than a MILP solver on ResNet-50)
-and hands over to a MILP if that search grows too large; 'exact' runs only
-that search; 'cbc' / 'highs' build the MILP in PuLP; 'greedy' is the
-heuristic of section 6. ``IlpResult.solver`` names what actually produced
-the answer.
+``exact_mckp`` (proven optimal, about 10x faster than CBC on ResNet-50)
+and hands over to a MILP (HiGHS if highspy imports, else CBC) if that search
+grows too large, and to the greedy heuristic if no MILP solver runs; 'exact'
+runs only that search; 'cbc' / 'highs' build the MILP in PuLP; 'greedy' is
+the heuristic of section 6. ``IlpResult.solver`` names what actually
+produced the answer. ``time_limit`` applies to the MILP solvers only.
 
 Before solving, options that another option of the same layer beats in
 objective and every budget are dropped; the optimum value is unchanged (see

@@ -1,0 +1,45 @@
+"""Config validation: defaults, string coercion and one-line errors naming the key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mpq.config import ConfigError, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+DEFAULT = yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    cfg = validate_config(DEFAULT, SCHEMA)
+    assert cfg["finetune"]["lsq"]["momentum"] == 0.9
+    assert cfg["quant"]["grad_scale"] is True
+    assert cfg["search"]["erase_non_monotone"] is True
+
+
+def test_strings_from_the_command_line_are_coerced():
+    cfg = validate_config({**DEFAULT, "seed": "3", "pretrain": {"epochs": "2", "lr": "0.05", "nesterov": "false"}}, SCHEMA)
+    assert cfg["seed"] == 3 and cfg["pretrain"]["epochs"] == 2 and cfg["pretrain"]["lr"] == 0.05
+    assert cfg["pretrain"]["nesterov"] is False
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"modle": {}}, "unknown key modle"),
+    ({"pretrain": {"epochs": "x"}}, "pretrain.epochs: 'x' is not of type 'integer'"),
+    ({"model": {"arch": "vgg", "num_classes": 10}}, "model.arch: 'vgg' is not one of"),
+    ({"policies": {"p": {"search": "ilp", "importance": "limpq", "budget": {"bitops": "w9a3"}}}},
+     "policies.p.budget.bitops"),
+    ({"policies": {"p": {"search": "ilp", "importance": "limpq"}}}, "policies.p: search 'ilp' needs a budget"),
+    ({"policies": {"p": {"search": "uniform"}}}, "policies.p: search 'uniform' needs bits"),
+    ({"policies": {"p": {"search": "uniform", "bits": [4, 4], "finetune": "nope"}}},
+     "policies.p.finetune: recipe 'nope' is not defined"),
+    ({"policies": {"p": {"search": "ilp", "importance": "limpq", "budget": {"bitops": "w3a3", "bitops_g": 1.0}}}},
+     "policies.p.budget"),
+])
+def test_errors_are_one_line_naming_the_key(patch, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config({**DEFAULT, **patch}, SCHEMA)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("config error: ")
+    assert message in text
