@@ -56,10 +56,20 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_stage(main) -> None:
-    """Run a stage's main(); expected problems end as one 'error:' line and exit code 1."""
+    """Run a stage's main(); expected problems end as one 'error:' line and exit code 1.
+
+    An interruption (SIGTERM/SIGINT) exits with 128 + signal number after naming the resume file.
+    """
+    from .train import resume
+
     setup_logging()
     try:
         main()
+    except resume.Interrupted as e:
+        where = resume.active()
+        kept = f"; the last completed epoch is saved in {where.path}, rerun to continue" if where else ""
+        print(f"error: interrupted by {e}{kept}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except (ValueError, RuntimeError, FileNotFoundError, KeyError) as e:
         if os.environ.get("MPQ_TRACEBACK"):
             raise

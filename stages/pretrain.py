@@ -4,7 +4,7 @@ from mpq.cost import CostModel
 from mpq.io import atomic_write_json
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data, loader_args
-from mpq.train import save_checkpoint
+from mpq.train import resume, save_checkpoint
 from mpq.train.fp32 import pretrain
 
 
@@ -14,6 +14,7 @@ def main():
     ap.add_argument("--metrics-out", required=True)
     args = ap.parse_args()
     spec = begin_stage(args)
+    resume.activate(args.model_out, spec)
     data = load_data(spec)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     model = models.create(arch, num_classes=num_classes)
@@ -23,6 +24,7 @@ def main():
     save_checkpoint(args.model_out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
                     kind="fp32", config=spec, metrics=metrics)
     atomic_write_json(args.metrics_out, metrics)
+    resume.finish()
 
 
 if __name__ == "__main__":

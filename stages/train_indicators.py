@@ -3,7 +3,7 @@ from mpq.build import fixed_bits_of, fp32_model
 from mpq.importance.limpq import build_indicator_model, train_indicators
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data, loader_args
-from mpq.train import save_checkpoint
+from mpq.train import resume, save_checkpoint
 
 
 def main():
@@ -12,6 +12,7 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     spec = begin_stage(args)
+    resume.activate(args.out, spec)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     model, _ = fp32_model(args.fp32, arch, num_classes)
     data = load_data(spec)
@@ -23,6 +24,7 @@ def main():
                                candidates=quant["candidates"], **loader_args(spec))
     save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
                     kind="indicators", config=spec, metrics=metrics, image_size=data.image_size)
+    resume.finish()
 
 
 if __name__ == "__main__":

@@ -104,5 +104,5 @@ def train_indicators(model: nn.Module, data, cfg: dict, device, *, candidates, b
                "min_lr": 1e-5, "weight_decay": 2.5e-5, **cfg}
     fit = train_model(model, lambda e: make_loader(train_set, batch_size, train=True, seed=seed, epoch=e,
                                                    workers=workers),
-                      opt_cfg, device, what="indicators", step=step)
+                      opt_cfg, device, what="indicators", step=step, extra_state=counter)
     return {**fit, "steps": counter["step"]}

@@ -5,6 +5,7 @@ import logging
 
 from torch import nn
 
+from . import resume
 from .loop import evaluate, train_epoch
 from .optim import build_optimizer, lr_factor, set_epoch_lr
 from .progress import EpochProgress
@@ -13,26 +14,43 @@ log = logging.getLogger("mpq")
 
 
 def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str,
-                step=None, label_smoothing: float = 0.0, on_epoch_end=None) -> dict:
+                step=None, label_smoothing: float = 0.0, on_epoch_end=None, extra_state: dict | None = None,
+                optimizer=None) -> dict:
     """Epoch loop with a per-epoch schedule; `train_batches(epoch)` returns that epoch's loader.
 
     cfg: epochs, lr, optimizer, weight_decay, momentum, nesterov, schedule, warmup_epochs, min_lr.
+    With an active resume file (mpq.train.resume.activate) the state is saved after every epoch,
+    together with the mutable dict `extra_state`, and a rerun continues after the last saved epoch.
     """
     epochs = int(cfg["epochs"])
-    optimizer = build_optimizer(model, cfg)
+    optimizer = optimizer or build_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     min_factor = cfg.get("min_lr", 0.0) / cfg["lr"] if cfg["lr"] else 0.0
-    progress = EpochProgress(epochs, what)
-    stats = {}
-    for epoch in range(epochs):
-        factor = lr_factor(epoch, epochs, cfg.get("schedule", "cosine"), cfg.get("warmup_epochs", 0),
-                           min_factor)
-        set_epoch_lr(optimizer, base_lrs, factor)
-        stats = train_epoch(model, train_batches(epoch), optimizer, device, step=step,
-                            label_smoothing=label_smoothing, where=f"{what} epoch {epoch + 1}")
-        progress.report(epoch, loss=stats["loss"], train_acc=stats["acc"], lr=base_lrs[0] * factor)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+    start, stats = 0, {}
+    checkpoint = resume.active()
+    saved = checkpoint.load() if checkpoint else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if extra_state is not None:
+            extra_state.update(saved["extra"])
+        start = saved["epoch"] + 1
+        stats = saved["extra"].get("_stats", {})
+        log.info("%s: resuming after epoch %d/%d from %s", what, start, epochs, checkpoint.path)
+    progress = EpochProgress(epochs, what, start_epoch=start)
+    with resume.stop_on_signals():
+        for epoch in range(start, epochs):
+            factor = lr_factor(epoch, epochs, cfg.get("schedule", "cosine"), cfg.get("warmup_epochs", 0),
+                               min_factor)
+            set_epoch_lr(optimizer, base_lrs, factor)
+            stats = train_epoch(model, train_batches(epoch), optimizer, device, step=step,
+                                label_smoothing=label_smoothing, where=f"{what} epoch {epoch + 1}")
+            progress.report(epoch, loss=stats["loss"], train_acc=stats["acc"], lr=base_lrs[0] * factor)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            if checkpoint:
+                checkpoint.save(epoch=epoch, model=model, optimizer=optimizer,
+                                extra={**(extra_state or {}), "_stats": stats})
     return {"train_loss": stats.get("loss"), "train_acc": stats.get("acc"), "epochs": epochs}
 
 
