@@ -132,6 +132,10 @@ class SearchBudget:
     total_size_bits: int | None
 
 
+def _budget_text(budget: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in budget.items())
+
+
 def parse_wxay(text: str) -> tuple[int, int]:
     """'w3a4' -> (3, 4)."""
     match = re.fullmatch(r"\s*[wW](\d+)[aA](\d+)\s*", text) if isinstance(text, str) else None
@@ -353,6 +357,12 @@ class CostModel:
             size = self._searchable_size("compression_ratio", budget["compression_ratio"], target)
         if size is not None:
             total_size = size + self.fixed_size_bits
+        if total_bitops is not None and total_bitops > self.fp32_bitops:
+            raise ValueError(f"budget {_budget_text(budget)} asks for {total_bitops / GIGA:.4f} G BitOps, above the "
+                             f"FP32 model's {self.fp32_bitops / GIGA:.4f} G; lower it")
+        if total_size is not None and total_size > self.fp32_size_bits:
+            raise ValueError(f"budget {_budget_text(budget)} asks for {total_size / MIB_BITS:.4f} MiB, above the "
+                             f"FP32 model's {self.fp32_size_mib:.4f} MiB; lower it")
         return SearchBudget(bitops, size, total_bitops, total_size)
 
     def _searchable_size(self, key: str, value, target_bits: int) -> int:

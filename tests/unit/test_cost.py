@@ -354,7 +354,7 @@ def test_budget_from_absolute_bitops(zoo):
     assert budget.total_bitops == 670_100_000
     assert budget.size_bits is None and budget.total_size_bits is None
     # Floored, never rounded up: the integer limit never exceeds the real target.
-    assert _toy_cost().searchable_budget({"bitops_g": 1.0000000109}).bitops == 10**9 + 10 - 64 * 120
+    assert _toy_cost().searchable_budget({"bitops_g": 0.0040000109}).bitops == 4_000_010 - 64 * 120
 
 
 def test_budget_from_size_mb(zoo):
@@ -402,3 +402,14 @@ def test_budget_errors(zoo, budget, message):
     with pytest.raises(ValueError, match=message) as error:
         cost.searchable_budget(budget)
     assert "\n" not in str(error.value)
+
+
+def test_budget_above_fp32_is_an_error():
+    from mpq import models
+    from mpq.cost import CostModel
+
+    cost = CostModel.from_model(models.create("resnet8", num_classes=10), 16)
+    with pytest.raises(ValueError, match="above the FP32 model's 3.1338 G; lower it"):
+        cost.searchable_budget({"bitops_g": 5.0})
+    with pytest.raises(ValueError, match="above the FP32 model's 0.2853 MiB; lower it"):
+        cost.searchable_budget({"size_mb": 1.0})
