@@ -6,6 +6,8 @@ from torch import nn
 from . import models
 from .policy import Policy
 from .quant import convert_model, set_policy_bits
+from .quant.n2uq import use_n2uq_quantizers
+from .quant.oscillation import OscillationOptions, track_oscillations
 from .train.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -31,8 +33,27 @@ def fixed_bits_of(quant_cfg: dict) -> tuple:
     return (tuple(first), tuple(last))
 
 
-def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict) -> nn.Module:
-    """Single-bit LSQ per layer at the policy's bits (weights initialised at those bits)."""
+METHODS = ("lsq", "n2uq")
+
+
+def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recipe: dict | None = None) -> nn.Module:
+    """Single-bit quantizers per layer at the policy's bits, as the finetune recipe asks.
+
+    method lsq (default): LSQ everywhere (weights initialised at their bits); n2uq: N2UQ weight
+    and activation quantizers on the searchable layers. oscillation dampen/freeze: trackers on
+    the low-bit LSQ weights. The same call rebuilds a finetuned checkpoint, so it must depend on
+    nothing but its arguments.
+    """
+    recipe = recipe or {}
+    method = recipe.get("method", "lsq")
+    if method == "none":   # no training: LSQ quantizers at their initial steps, BN re-estimated
+        method = "lsq"
+    if method not in METHODS:
+        raise ValueError(f"finetune method {method!r} is unknown; use one of {', '.join(METHODS)}")
+    oscillation = OscillationOptions.from_recipe(recipe)
+    if method == "n2uq" and oscillation.mode != "none":
+        raise ValueError("oscillation dampening/freezing acts on LSQ weights; it does not apply to "
+                         "method n2uq (set oscillation: none)")
     convert_model(model, image_size=policy.image_size,
                   weight_candidates=[[b] for b in policy.w_bits],
                   act_candidates=[[b] for b in policy.a_bits],
@@ -40,14 +61,28 @@ def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict) -> nn
                   grad_scale=quant_cfg.get("grad_scale", True),
                   weight_per_channel=quant_cfg.get("weight_per_channel", False))
     set_policy_bits(model, policy.w_bits, policy.a_bits)
+    if method == "n2uq":
+        use_n2uq_quantizers(model)
+    if oscillation.mode != "none":
+        track_oscillations(model, oscillation)
     return model
 
 
 def quantized_model(path, quant_cfg: dict | None = None) -> tuple[nn.Module, Policy, dict]:
-    """A finetuned quantized model with the policy it was trained for."""
+    """A finetuned quantized model with the policy it was trained for, rebuilt as its recipe built it."""
     ckpt = load_checkpoint(path, kind="quantized")
     policy = Policy.from_dict(ckpt["policy"], source=str(path))
     model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
-    quantize_for_policy(model, policy, quant_cfg or ckpt.get("quant", {}))
+    quantize_for_policy(model, policy, quant_cfg or ckpt.get("quant", {}), ckpt.get("recipe"))
     load_state(model, ckpt["state_dict"], str(path))
     return model, policy, ckpt
+
+
+def finetuned_model(path) -> tuple[nn.Module, Policy, dict]:
+    """Any model a finetune rule writes: QAT/subnet ('quantized') or calibration-only ('ptq')."""
+    kind = load_checkpoint(path, kind=("quantized", "ptq"))["kind"]
+    if kind == "ptq":
+        from .quant.ptq_model import load_ptq_model   # ptq_model imports this module
+
+        return load_ptq_model(path)
+    return quantized_model(path)

@@ -90,6 +90,10 @@ def validate_config(config: dict, schema: dict) -> dict:
     return cfg
 
 
+# Which importance each search method reads: LIMPQ indicators, the RFQuant supernet, OMPQ theta.
+SEARCH_IMPORTANCE = {"ilp": ("limpq",), "greedy": ("rfquant",), "ompq": ("ompq",)}
+
+
 def _check_policies(cfg: dict) -> None:
     """Cross-key rules a JSON Schema cannot express well."""
     recipes = cfg.get("finetune", {})
@@ -103,6 +107,10 @@ def _check_policies(cfg: dict) -> None:
                                   f"(bitops, bitops_g, size_mb or compression_ratio)")
             if "importance" not in pol:
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} needs importance")
+            wanted = SEARCH_IMPORTANCE[pol["search"]]
+            if pol["importance"] not in wanted:
+                raise ConfigError(f"config error: {where}: search {pol['search']!r} works on importance "
+                                  f"{' or '.join(wanted)}, not {pol['importance']!r}")
         recipe = pol.get("finetune", "none")
         if recipe != "none" and recipe not in recipes:
             raise ConfigError(f"config error: {where}.finetune: recipe {recipe!r} is not defined under "

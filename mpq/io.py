@@ -2,6 +2,7 @@
 
 Everything is written to a temporary file in the target directory, flushed to disk and renamed
 into place, so Snakemake (or a user) sees either the old file or the complete new one.
+Under DDP only rank 0 writes: on the other ranks these functions do nothing.
 """
 from __future__ import annotations
 
@@ -14,10 +15,32 @@ from pathlib import Path
 import yaml
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _open_temp(path: Path) -> tuple[int, str]:
+    """A temp file beside `path` with the permissions a plain open() would give (mkstemp: 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def _writer() -> bool:
+    """Whether this process writes files: not a non-zero DDP rank."""
+    from .distributed import is_main
+
+    return is_main()
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
+    if not _writer():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _open_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -47,6 +70,8 @@ def atomic_torch_save(path, obj) -> None:
 
     import torch
 
+    if not _writer():
+        return
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -1,12 +1,17 @@
-"""The experiment summary: one row for FP32 and one per policy."""
+"""The experiment summary: one row for FP32 and one per policy, with cost, accuracy and stage times."""
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import pandas as pd
 
 COLUMNS = ["policy", "search", "importance", "finetune", "budget", "bitops_g", "size_mb", "compression_ratio",
-           "avg_w_bits", "avg_a_bits", "top1", "top5", "loss"]
+           "avg_w_bits", "avg_a_bits", "top1", "top5", "loss", "time_pretrain_s", "time_importance_s",
+           "time_search_s", "time_finetune_s", "time_evaluate_s"]
+IMPORTANCE_RULES = {"limpq": ("train_indicators", "extract_importance"), "rfquant": ("train_supernet",),
+                    "ompq": ("ompq_importance",)}
 
 
 def _budget_text(budget) -> str:
@@ -15,15 +20,34 @@ def _budget_text(budget) -> str:
     return ";".join(f"{k}={v}" for k, v in budget.items() if v is not None)
 
 
-def summary_table(fp32: dict, policies: list[dict]) -> pd.DataFrame:
+def read_benchmarks(paths) -> dict:
+    """{(rule, policy or None): seconds} from Snakemake `benchmark:` files laid out as
+    benchmarks/<rule>.tsv or benchmarks/<rule>/<policy>.tsv."""
+    times = {}
+    for p in map(Path, paths):
+        with open(p) as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        key = (p.stem, None) if p.parent.name == "benchmarks" else (p.parent.name, p.stem)
+        times[key] = round(float(row["s"]), 2)
+    return times
+
+
+def summary_table(fp32: dict, policies: list[dict], times: dict | None = None) -> pd.DataFrame:
+    times = times or {}
     rows = [{"policy": "fp32", "search": "", "importance": "", "finetune": "", "budget": "",
              "bitops_g": fp32["bitops_g"], "size_mb": fp32["size_mb"], "compression_ratio": 1.0,
              "avg_w_bits": 32.0, "avg_a_bits": 32.0, "top1": fp32["top1"], "top5": fp32["top5"],
-             "loss": fp32["loss"]}]
+             "loss": fp32["loss"], "time_pretrain_s": times.get(("pretrain", None))}]
     for m in policies:
         row = {k: m.get(k) for k in COLUMNS}
         row["budget"] = _budget_text(m.get("budget"))
         row["importance"] = m.get("importance") or ""
+        name = m["policy"]
+        rules = IMPORTANCE_RULES.get(row["importance"], ())
+        if rules and all((r, None) in times for r in rules):
+            row["time_importance_s"] = round(sum(times[(r, None)] for r in rules), 2)
+        for stage in ("search", "finetune", "evaluate"):
+            row[f"time_{stage}_s"] = times.get((stage, name))
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("bitops_g", "size_mb"):

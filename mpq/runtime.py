@@ -6,12 +6,14 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 log = logging.getLogger("mpq")
+_TIMING: tuple[str, float] | None = None
 
 
 def parse_spec(text: str) -> dict:
@@ -28,6 +30,9 @@ def parse_spec(text: str) -> dict:
 
 
 def setup_logging(verbose: bool = True) -> None:
+    from .distributed import is_main
+
+    verbose = verbose and is_main()   # under DDP only rank 0 logs progress; others warn and fail
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
 
@@ -39,13 +44,36 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """cpu or cuda for the config's `device`; under DDP on CUDA, this rank's GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: device 'cuda' requested but no CUDA GPU is visible; set device: auto or cpu")
     if name not in ("cpu", "cuda"):
         raise SystemExit(f"error: device {name!r} is unknown; use auto, cpu or cuda")
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
     return torch.device(name)
+
+
+def setup_device(spec: dict) -> torch.device:
+    """Join DDP when launched by torchrun, tune CUDA, and point the data loaders at the device.
+
+    CUDA: cudnn.benchmark (fixed input shapes) and TF32 matmuls; bf16 autocast and channels_last
+    are applied by the training loops (mpq.train.loop). CPU runs are left exactly as they were.
+    """
+    from . import distributed
+    from .data.loaders import configure
+
+    device = resolve_device(str(spec.get("device", "auto")))
+    distributed.init(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    dataset = spec.get("dataset") if isinstance(spec.get("dataset"), dict) else {}
+    configure(kind=str(dataset.get("loader") or "auto"), device=device)
+    return device
 
 
 def set_threads(threads: int | None) -> None:
@@ -60,11 +88,16 @@ def run_stage(main) -> None:
 
     An interruption (SIGTERM/SIGINT) exits with 128 + signal number after naming the resume file.
     """
+    from . import distributed
     from .train import resume
 
     setup_logging()
     try:
         main()
+        if _TIMING:
+            from .io import atomic_write_text
+
+            atomic_write_text(_TIMING[0], f"s\n{time.perf_counter() - _TIMING[1]:.4f}\n")
     except resume.Interrupted as e:
         where = resume.active()
         kept = f"; the last completed epoch is saved in {where.path}, rerun to continue" if where else ""
@@ -76,6 +109,8 @@ def run_stage(main) -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        distributed.shutdown()
 
 
 def stage_parser(doc: str, spec_help: str):
@@ -85,12 +120,19 @@ def stage_parser(doc: str, spec_help: str):
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--spec", required=True, help=f"JSON (or @file.json) with the config sections: {spec_help}")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    ap.add_argument("--timing-out", default=None,
+                    help="write the stage's wall time here (benchmark TSV) for rules that cannot use "
+                         "Snakemake's benchmark: because they are cached between workflows")
     return ap
 
 
 def begin_stage(args) -> dict:
-    """Parse the spec, pin threads and seed everything; returns the spec."""
+    """Parse the spec, pin threads, seed everything and set up the device (DDP, loaders); returns
+    the spec."""
+    global _TIMING
+    _TIMING = (args.timing_out, time.perf_counter()) if getattr(args, "timing_out", None) else None
     spec = parse_spec(args.spec)
     set_threads(args.threads)
     seed_everything(int(spec.get("seed", 0)))
+    setup_device(spec)
     return spec

@@ -19,3 +19,18 @@ def loader_args(spec: dict) -> dict:
     ds = spec["dataset"]
     return {"batch_size": int(ds["batch_size"]), "seed": int(spec.get("seed", 0)),
             "workers": int(ds.get("workers", 0))}
+
+
+OWN_BIT_RANGE = ("uniform", "ompq")
+
+
+def check_policy_fits(policy, spec: dict, source) -> None:
+    """Before any work: the policy is for the configured model and uses only the candidate bits,
+    unless its search has its own range (uniform baselines such as W8A8; OMPQ's [b_min, b_max])."""
+    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
+    if (policy.arch, policy.num_classes) != (arch, num_classes):
+        raise ValueError(f"{source}: policy is for {policy.arch}/{policy.num_classes} classes but the "
+                         f"model is {arch}/{num_classes}; search again for this model")
+    method = (policy.meta.get("search") or {}).get("method")
+    if method not in OWN_BIT_RANGE and "quant" in spec:
+        policy.check_candidates(spec["quant"]["candidates"], source=str(source))

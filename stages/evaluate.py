@@ -1,7 +1,7 @@
 """Stage: evaluate a finetuned quantized model on the test split. Writes metrics.json."""
 import time
 
-from mpq.build import quantized_model
+from mpq.build import finetuned_model
 from mpq.cost import CostModel
 from mpq import models
 from mpq.data import make_loader
@@ -17,7 +17,7 @@ def main():
     ap.add_argument("--out", required=True, help="metrics.json")
     args = ap.parse_args()
     spec = begin_stage(args)
-    model, policy, ckpt = quantized_model(args.model)
+    model, policy, ckpt = finetuned_model(args.model)
     data = load_data(spec)
     device = resolve_device(spec["device"])
     t0 = time.perf_counter()

@@ -1,10 +1,11 @@
-"""Stage: quantize the FP32 model to a policy and finetune it (LSQ QAT; epochs 0 = no training)."""
+"""Stage: quantize the FP32 model to a policy and finetune it with a recipe (QAT; epochs 0 = no training)."""
 from mpq.build import fp32_model, quantize_for_policy
 from mpq.policy import Policy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import load_data, loader_args
-from mpq.train import save_checkpoint
-from mpq.train.qat import finetune_lsq
+from mpq.stage_common import check_policy_fits, load_data, loader_args
+from mpq.train import resume, save_checkpoint
+from mpq.train.kd import KdOptions
+from mpq.train.qat import finetune
 
 
 def main():
@@ -17,16 +18,18 @@ def main():
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     policy = Policy.load(args.policy)
     model, _ = fp32_model(args.fp32, arch, num_classes)
-    if (policy.arch, policy.num_classes) != (arch, num_classes):
-        raise ValueError(f"{args.policy}: policy is for {policy.arch}/{policy.num_classes} classes but the "
-                         f"model is {arch}/{num_classes}; search again for this model")
+    check_policy_fits(policy, spec, args.policy)
     data = load_data(spec)
-    quantize_for_policy(model, policy, spec["quant"])
+    resume.activate(args.out, spec)
+    recipe = spec["recipe"]
+    teacher = fp32_model(args.fp32, arch, num_classes)[0] if KdOptions.from_recipe(recipe).enabled else None
+    quantize_for_policy(model, policy, spec["quant"], recipe)
     policy.check_model(model.mpq_searchable, source=args.policy)
-    metrics = finetune_lsq(model, data, spec["recipe"], resolve_device(spec["device"]), **loader_args(spec))
+    metrics = finetune(model, data, recipe, resolve_device(spec["device"]), teacher=teacher, **loader_args(spec))
     save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
                     kind="quantized", config=spec, metrics=metrics, policy=policy.to_dict(),
-                    quant=spec["quant"])
+                    quant=spec["quant"], recipe=recipe)
+    resume.finish()
 
 
 if __name__ == "__main__":

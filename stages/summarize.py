@@ -1,8 +1,10 @@
-"""Stage: collect FP32 and per-policy metrics into summary.csv."""
+"""Stage: collect FP32 and per-policy metrics into summary.csv and draw the accuracy-cost fronts."""
 import argparse
+from pathlib import Path
 
+from mpq.figures import plot_front
 from mpq.io import atomic_write_text
-from mpq.report import load_metrics, summary_table
+from mpq.report import load_metrics, read_benchmarks, summary_table
 from mpq.runtime import run_stage
 
 
@@ -10,10 +12,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--fp32-metrics", required=True)
     ap.add_argument("--metrics", nargs="*", default=[], help="metrics.json of every policy")
+    ap.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files (stage wall times)")
+    ap.add_argument("--experiment", default="")
     ap.add_argument("--out", required=True, help="summary.csv")
+    ap.add_argument("--figures", required=True, help="folder for top1_vs_bitops / top1_vs_size (.png, .svg)")
     args = ap.parse_args()
     (fp32,) = load_metrics([args.fp32_metrics])
-    table = summary_table(fp32, load_metrics(args.metrics))
+    table = summary_table(fp32, load_metrics(args.metrics), read_benchmarks(args.benchmarks))
+    figures = Path(args.figures)
+    plot_front(table, "bitops_g", "BitOps (G)", figures / "top1_vs_bitops", f"{args.experiment}: top-1 vs BitOps")
+    plot_front(table, "size_mb", "weight size (MiB)", figures / "top1_vs_size", f"{args.experiment}: top-1 vs size")
     atomic_write_text(args.out, table.to_csv(index=False))
     print(table.to_string(index=False))
 

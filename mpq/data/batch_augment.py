@@ -28,13 +28,15 @@ class PadCropFlip:
             return images
         n, c, h, w = images.shape
         p = max(self.pad, 0)
-        dy = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator)
-        dx = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator)
-        cols = torch.arange(w).expand(n, 1, w)
+        # Random draws on the generator's device (the GPU loader keeps everything on the GPU).
+        on = generator.device
+        dy = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator, device=on)
+        dx = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator, device=on)
+        cols = torch.arange(w, device=on).expand(n, 1, w)
         if self.flip:
-            flipped = torch.rand(n, 1, 1, generator=generator) < 0.5
+            flipped = torch.rand(n, 1, 1, generator=generator, device=on) < 0.5
             cols = torch.where(flipped, w - 1 - cols, cols)
-        rows = torch.arange(h).view(1, h, 1)
+        rows = torch.arange(h, device=on).view(1, h, 1)
         # Flat positions in the padded image: one gather does translation and flip together.
         where = ((dy + rows) * (w + 2 * p) + dx + cols).view(n, 1, h * w).to(images.device)
         padded = F.pad(images, (p, p, p, p)) if p else images

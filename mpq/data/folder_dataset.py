@@ -31,7 +31,8 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
-                 train_transform: Callable, eval_transform: Callable, mean, std):
+                 train_transform: Callable, eval_transform: Callable, mean, std,
+                 style: str | None = None, image_size: int | None = None):
         self.samples = list(samples)
         self.classes = tuple(classes)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
@@ -39,6 +40,10 @@ class FolderDataset(Dataset):
         self.eval_transform = eval_transform
         self.mean = tuple(mean)
         self.std = tuple(std)
+        # The recipe behind the transforms ('cifar', 'imagenet', 'none') and the output size, so
+        # the GPU and DALI loaders can apply the same preprocessing their own way.
+        self.style = style
+        self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -56,4 +61,5 @@ class FolderDataset(Dataset):
     def take(self, indices) -> "FolderDataset":
         """The samples at `indices`, with the same transforms."""
         return FolderDataset([self.samples[int(i)] for i in indices], self.classes,
-                             self.train_transform, self.eval_transform, self.mean, self.std)
+                             self.train_transform, self.eval_transform, self.mean, self.std,
+                             self.style, self.image_size)

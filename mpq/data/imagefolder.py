@@ -26,7 +26,7 @@ def build_folder(root, *, image_size: int | None = None, augment: str = "auto",
     train_tf, eval_tf = folder_transforms(style, image_size, mean, std)
 
     def part(samples):
-        return FolderDataset(samples, classes, train_tf, eval_tf, mean, std)
+        return FolderDataset(samples, classes, train_tf, eval_tf, mean, std, style, image_size)
 
     return DataBundle(part(train), part(test), num_classes=len(classes), image_size=image_size,
                       mean=tuple(mean), std=tuple(std), classes=tuple(classes))

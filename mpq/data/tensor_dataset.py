@@ -32,8 +32,8 @@ class TensorImageDataset:
         self.std = tuple(float(s) for s in std)
         self.augment = augment
         self.classes = tuple(classes)
-        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self._std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -46,6 +46,12 @@ class TensorImageDataset:
         """The items at `indices`, sharing normalisation and augmentation."""
         indices = torch.as_tensor(indices, dtype=torch.int64)
         return TensorImageDataset(self.images[indices], self.labels[indices], self.mean,
+                                  self.std, self.augment, self.classes)
+
+    def to(self, device) -> "TensorImageDataset":
+        """The same dataset with images and labels held on `device` (e.g. resident on a GPU)."""
+        device = torch.device(device)
+        return TensorImageDataset(self.images.to(device), self.labels.to(device), self.mean,
                                   self.std, self.augment, self.classes)
 
     def batch(self, indices: torch.Tensor, generator: torch.Generator | None = None

@@ -9,11 +9,11 @@ which pickle builds from opcodes without importing anything.
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..io import atomic_write_bytes
 
 _DDP_PREFIX = "module."
 _KEYS = ("weight", "act", "layer_name")
@@ -229,19 +229,4 @@ def _to_builtins(imp: Importance) -> dict:
 
 def write_importance(path, imp: Importance) -> None:
     """Write atomically, so a crash never leaves a half-written file for the search to read."""
-    payload = pickle.dumps(_to_builtins(imp), protocol=4)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(path, pickle.dumps(_to_builtins(imp), protocol=4))

@@ -5,7 +5,9 @@ QAT finetuning share one implementation (specs/limpq.md section 1).
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -38,7 +40,92 @@ def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> tor
     return round_ste(torch.clamp(x / step, qn, qp)) * step
 
 
-def _is_full_precision(bits) -> bool:
+def lsq_integers(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+    """The integer codes LSQ assigns to x (no gradient); fake-quant equals step * codes."""
+    with torch.no_grad():
+        return torch.clamp(x / step, qn, qp).round()
+
+
+def _fused_forward(x, step, qn, qp):
+    return torch.clamp(x / step, qn, qp).round() * step
+
+
+def _fused_backward(grad, x, step, qn, qp):
+    """d/dx = 1 strictly inside (Qn, Qp), else 0; d/ds = round(u) - u inside, Qn / Qp outside."""
+    u = x / step
+    inside = (u > qn) & (u < qp)
+    grad_x = torch.where(inside, grad, torch.zeros_like(grad))
+    ds = torch.clamp(u, qn, qp).round() - torch.where(inside, u, torch.zeros_like(u))
+    grad_s = (grad * ds).float().sum_to_size(step.shape)
+    return grad_x, grad_s
+
+
+def _compiled(fn):
+    """torch.compile'd on first CUDA use (one fused kernel each way); eager elsewhere.
+
+    Shapes are dynamic and Qn/Qp travel as tensors, so one graph serves every layer and bit-width.
+    Set MPQ_LSQ_COMPILE=0 to keep CUDA eager too.
+    """
+    cache = {}
+
+    def call(*args):
+        if "fn" not in cache:
+            cache["fn"] = torch.compile(fn, dynamic=True)
+        return cache["fn"](*args)
+    return call
+
+
+_compiled_forward, _compiled_backward = _compiled(_fused_forward), _compiled(_fused_backward)
+
+
+def _use_compiled(x: torch.Tensor) -> bool:
+    return (x.is_cuda and os.environ.get("MPQ_LSQ_COMPILE", "1") != "0"
+            and not torch.compiler.is_compiling())
+
+
+class _FusedLsq(torch.autograd.Function):
+    """LSQ forward and its closed-form backward in one Function: only x and s are saved."""
+
+    @staticmethod
+    def forward(ctx, x, step, qn, qp, g):
+        ctx.save_for_backward(x, step)
+        ctx.qn, ctx.qp, ctx.g = qn, qp, g
+        if _use_compiled(x):
+            return _compiled_forward(x, step, _bound(qn, x), _bound(qp, x))
+        return _fused_forward(x, step, qn, qp)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, step = ctx.saved_tensors
+        if _use_compiled(x):
+            grad_x, grad_s = _compiled_backward(grad, x, step, _bound(ctx.qn, x), _bound(ctx.qp, x))
+        else:
+            grad_x, grad_s = _fused_backward(grad, x, step, ctx.qn, ctx.qp)
+        if ctx.g != 1.0:
+            grad_s = grad_s * ctx.g
+        return grad_x, grad_s.to(step.dtype), None, None, None
+
+
+def _bound(value: int, like: torch.Tensor) -> torch.Tensor:
+    return _bound_on(float(value), like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _bound_on(value: float, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, device=device)
+
+
+def lsq_fake_quant_fused(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
+                         grad_scale: float = 1.0) -> torch.Tensor:
+    """Same values and gradients as lsq_fake_quant(x, scale_grad(step, grad_scale), qn, qp).
+
+    `step` is a scalar or broadcasts against x (per-channel: shape (C, 1, ...)).
+    """
+    return _FusedLsq.apply(x, step, qn, qp, float(grad_scale))
+
+
+def is_full_precision(bits) -> bool:
+    """None or >= 32 bits means the tensor passes through unquantized."""
     return bits is None or bits >= 32
 
 
@@ -51,7 +138,8 @@ class LsqQuantizer(nn.Module):
 
     def __init__(self, candidates, kind: str, signed: bool, *, grad_scale: bool = True,
                  grad_scale_numel: str = "tensor", per_channel: bool = False, channels: int = 1,
-                 clamp_step: tuple[float, float] | None = None, symmetric: bool = False):
+                 clamp_step: tuple[float, float] | None = None, symmetric: bool = False,
+                 fused: bool = True):
         super().__init__()
         if kind not in ("weight", "act"):
             raise ValueError(f"quantizer kind must be 'weight' or 'act', not {kind!r}")
@@ -65,11 +153,19 @@ class LsqQuantizer(nn.Module):
         self.kind, self.signed, self.symmetric = kind, signed, symmetric
         self.grad_scale, self.grad_scale_numel = grad_scale, grad_scale_numel
         self.per_channel, self.clamp_step = per_channel, clamp_step
+        self.fused = fused
         shape = (len(cands), channels) if per_channel else (len(cands),)
         self.step = nn.Parameter(torch.ones(shape))
         self.register_buffer("candidates", torch.tensor(cands, dtype=torch.long))
         self.register_buffer("init_state", torch.zeros(len(cands), dtype=torch.uint8))
         self.bits: int | None = cands[0]
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild an equivalent quantizer (for subclasses and copies)."""
+        return dict(candidates=self.candidate_list, kind=self.kind, signed=self.signed,
+                    grad_scale=self.grad_scale, grad_scale_numel=self.grad_scale_numel,
+                    per_channel=self.per_channel, channels=self.step.shape[-1] if self.per_channel else 1,
+                    clamp_step=self.clamp_step, symmetric=self.symmetric, fused=self.fused)
 
     # --- bit selection -------------------------------------------------------------------------
     @property
@@ -83,7 +179,7 @@ class LsqQuantizer(nn.Module):
         return cands.index(bits)
 
     def set_bits(self, bits: int | None) -> None:
-        if not _is_full_precision(bits):
+        if not is_full_precision(bits):
             self.index_of(bits)
         self.bits = bits
 
@@ -111,15 +207,19 @@ class LsqQuantizer(nn.Module):
             self.step[i].copy_(spread / 2 ** (b - 1))
             self.init_state[i] = 1
 
-    @torch.no_grad()
-    def _init_act_step(self, x: torch.Tensor, index: int, bits: int) -> None:
-        """Lazy activation init 2*mean|x|/sqrt(Qp), averaged over DDP ranks."""
+    def check_input_sign(self, x: torch.Tensor) -> None:
+        """An unsigned activation quantizer must never see a negative input at initialisation."""
         if not self.signed:
             lo = x.min().item()
             if lo < 0:
                 raise ValueError(f"activation quantizer declared unsigned got a negative input "
                                  f"(min {lo:.4g}); mark the layer's input as signed in the model's "
                                  f"signed_inputs")
+
+    @torch.no_grad()
+    def _init_act_step(self, x: torch.Tensor, index: int, bits: int) -> None:
+        """Lazy activation init 2*mean|x|/sqrt(Qp), averaged over DDP ranks."""
+        self.check_input_sign(x)
         value = 2 * x.detach().abs().mean() / math.sqrt(self.qrange(bits)[1])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(value)
@@ -128,10 +228,10 @@ class LsqQuantizer(nn.Module):
         self.init_state[index] = 1
 
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, float]:
+        """(step broadcastable against x, Qn, Qp, grad-scale factor) at the active bit-width,
+        initialising the step first if needed."""
         bits = self.bits
-        if _is_full_precision(bits):
-            return x
         index = self.index_of(bits)
         if not self.init_state[index]:
             if self.kind == "weight":
@@ -143,14 +243,33 @@ class LsqQuantizer(nn.Module):
                                    "training batch (or calibration) at this bit-width first")
         qn, qp = self.qrange(bits)
         step = self.step_for(bits)
+        g = 1.0
         if self.grad_scale:
             numel = x.numel() if self.grad_scale_numel == "tensor" else x[0].numel()
             if self.per_channel:
                 numel //= x.shape[0]
-            step = scale_grad(step, 1.0 / math.sqrt(qp * numel))
+            g = 1.0 / math.sqrt(qp * numel)
         if self.per_channel:
             step = step.view(-1, *([1] * (x.dim() - 1)))
-        return lsq_fake_quant(x, step, qn, qp)
+        return step, qn, qp, g
+
+    def fake_quant(self, x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, g: float) -> torch.Tensor:
+        """The fused Function by default; `fused = False` selects the reference autograd graph."""
+        if self.fused:
+            return lsq_fake_quant_fused(x, step, qn, qp, g)
+        return lsq_fake_quant(x, scale_grad(step, g) if g != 1.0 else step, qn, qp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_full_precision(self.bits):
+            return x
+        return self.fake_quant(x, *self.prepare(x))
+
+    @torch.no_grad()
+    def integer_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(codes, step, Qn, Qp) at the active bit-width, detached: what forward multiplies out."""
+        step, qn, qp, _ = self.prepare(x)
+        step = step.detach()
+        return lsq_integers(x, step, qn, qp), step, qn, qp
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, signed={self.signed}, candidates={self.candidate_list}, "

@@ -7,12 +7,17 @@ from ..cost import CostModel
 from ..io import sha256_file
 from .uniform import uniform_policy
 
-METHODS = ("uniform", "ilp")
+METHODS = ("uniform", "ilp", "greedy", "ompq")
 
 
 def search_policy(policy_cfg: dict, cost: CostModel, candidates, *, importance_path=None,
-                  settings: dict | None = None) -> tuple[list[int], list[int], dict]:
-    """Returns (w_bits, a_bits, search metadata) for the searchable layers of `cost`."""
+                  settings: dict | None = None, data=None, device="cpu", seed: int = 0
+                  ) -> tuple[list[int], list[int], dict]:
+    """Returns (w_bits, a_bits, search metadata) for the searchable layers of `cost`.
+
+    importance_path is the method's input: LIMPQ pickle (ilp), RFQuant supernet (greedy, which
+    also needs `data` to score candidates on held-out training images), OMPQ pickle (ompq).
+    """
     settings = settings or {}
     method = policy_cfg["search"]
     t0 = time.perf_counter()
@@ -38,4 +43,15 @@ def search_policy(policy_cfg: dict, cost: CostModel, candidates, *, importance_p
                 "status": res.status, "objective": round(res.objective, 9), "alpha": settings.get("alpha", 2.0),
                 "erased": [list(e) for e in res.erased], "seconds": round(res.seconds, 6)}
         return res.w_bits, res.a_bits, meta
+    if method == "greedy":
+        from .greedy import greedy_policy
+
+        if importance_path is None or data is None:
+            raise ValueError("search 'greedy' needs the RFQuant supernet and the training data; "
+                             "set the policy's importance: rfquant")
+        return greedy_policy(policy_cfg, cost, importance_path, data, settings, seed, device)
+    if method == "ompq":
+        from .ompq_search import search_ompq
+
+        return search_ompq(policy_cfg, cost, importance_path, settings)
     raise ValueError(f"search method {method!r} is unknown; use one of {', '.join(METHODS)}")

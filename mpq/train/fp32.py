@@ -5,6 +5,7 @@ import logging
 
 from torch import nn
 
+from .. import distributed
 from . import resume
 from .loop import evaluate, train_epoch
 from .optim import build_optimizer, lr_factor, set_epoch_lr
@@ -21,6 +22,7 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
     cfg: epochs, lr, optimizer, weight_decay, momentum, nesterov, schedule, warmup_epochs, min_lr.
     With an active resume file (mpq.train.resume.activate) the state is saved after every epoch,
     together with the mutable dict `extra_state`, and a rerun continues after the last saved epoch.
+    Under DDP every rank runs this loop on its shard; only rank 0 writes the resume file.
     """
     epochs = int(cfg["epochs"])
     optimizer = optimizer or build_optimizer(model, cfg)
@@ -37,6 +39,7 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
         start = saved["epoch"] + 1
         stats = saved["extra"].get("_stats", {})
         log.info("%s: resuming after epoch %d/%d from %s", what, start, epochs, checkpoint.path)
+    distributed.broadcast_state(model)   # DDP: every rank starts from rank 0's replica
     progress = EpochProgress(epochs, what, start_epoch=start)
     with resume.stop_on_signals():
         for epoch in range(start, epochs):

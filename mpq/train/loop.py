@@ -1,12 +1,69 @@
-"""Training and evaluation loops shared by every stage."""
+"""Training and evaluation loops shared by every stage.
+
+On CUDA the loops run under bf16 autocast with channels_last tensors (set MPQ_AMP=0 to keep fp32);
+on CPU they are plain fp32, bit-for-bit what they always were. Under DDP (mpq.distributed) the
+plain one-pass step runs through DistributedDataParallel, multi-pass steps average gradients
+after the step, and epoch statistics and evaluation counts are summed over ranks.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import distributed
+
+_DDP: dict = {}   # id(model) -> (model, its DistributedDataParallel wrapper), built once
+
+
+def accelerated(device) -> bool:
+    """Whether bf16 autocast and channels_last apply: CUDA, unless MPQ_AMP=0."""
+    return torch.device(device).type == "cuda" and os.environ.get("MPQ_AMP", "1") != "0"
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (no loss scaling needed), a no-op context elsewhere."""
+    if accelerated(device):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, device) -> nn.Module:
+    """channels_last weights on CUDA (idempotent); unchanged on CPU."""
+    if accelerated(device):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def prepare_input(x: torch.Tensor, device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if accelerated(device) and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper, or the model itself."""
+    return getattr(model, "module", model) if isinstance(
+        model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _ddp(model: nn.Module, device) -> nn.Module:
+    """The DDP wrapper of `model` (one per model and process), or the model when not distributed."""
+    if not distributed.is_initialized():
+        return model
+    entry = _DDP.get(id(model))
+    if entry is None or entry[0] is not model:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        entry = _DDP[id(model)] = (model, distributed.wrap(model, device))
+    return entry[1]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -22,36 +79,55 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device,
                 step: Callable | None = None, label_smoothing: float = 0.0, where: str = "training") -> dict:
     """One epoch. `step(model, x, y) -> (loss, logits)` runs the forward/backward passes itself
-    (multi-pass methods); by default it is one cross-entropy pass."""
+    (multi-pass methods); by default it is one cross-entropy pass.
+
+    Distributed: the default pass goes through DDP; after a custom step the gradients are
+    averaged over ranks; the returned loss/acc cover all ranks; rank 0's buffers (BN statistics)
+    are copied to every rank at the end so the replicas stay identical.
+    """
     model.train()
+    prepare_model(model, device)
+    forward = _ddp(model, device) if step is None else model
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = prepare_input(x, device), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        if step is None:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-            check_finite(loss, where)
-            loss.backward()
-        else:
-            loss, logits = step(model, x, y)
-            check_finite(loss, where)
+        with autocast(device):
+            if step is None:
+                logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                check_finite(loss, where)
+                loss.backward()
+            else:
+                loss, logits = step(model, x, y)
+                check_finite(loss, where)
+                distributed.average_gradients(model)
         optimizer.step()
         n = y.numel()
         total += n
         loss_sum += loss.item() * n
         correct += (logits.argmax(1) == y).sum().item()
+    if distributed.is_initialized():
+        total, loss_sum, correct = distributed.all_reduce_sum([total, loss_sum, correct])
+        distributed.broadcast_state(model)
     return {"loss": loss_sum / max(total, 1), "acc": 100.0 * correct / max(total, 1)}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device) -> dict:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy over the whole loader."""
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy over the whole loader.
+
+    A loader sharded across DDP ranks (`loader.sharded`) gives each rank part of the set; the
+    counts are then summed over ranks, so every rank returns the metrics of the whole set.
+    """
+    model = unwrap(model)
     model.eval()
+    prepare_model(model, device)
     total, top1, top5, loss_sum = 0, 0, 0, 0.0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x).float()
+        x, y = prepare_input(x, device), y.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         k = min(5, logits.shape[1])
         pred = logits.topk(k, dim=1).indices
@@ -59,6 +135,9 @@ def evaluate(model: nn.Module, loader: Iterable, device) -> dict:
         top1 += hit[:, 0].sum().item()
         top5 += hit.any(1).sum().item()
         total += y.numel()
+    if getattr(loader, "sharded", False) and distributed.is_initialized():
+        total, top1, top5, loss_sum = distributed.all_reduce_sum([total, top1, top5, loss_sum])
+        total, top1, top5 = int(total), int(top1), int(top5)
     if total == 0:
         raise ValueError("evaluation set is empty")
     return {"top1": 100.0 * top1 / total, "top5": 100.0 * top5 / total, "loss": loss_sum / total,
@@ -81,8 +160,10 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, device, num_images: int) 
     """Re-estimate BN statistics as a cumulative average over about `num_images` training images.
 
     Only BN layers run in train mode; quantizers stay in eval mode, so nothing else changes.
-    Returns the number of images used.
+    Returns the number of images used (by this rank; under DDP the statistics are then averaged
+    over ranks, so every replica ends with the same BN buffers).
     """
+    model = unwrap(model)
     bns = active_batchnorms(model)
     if not bns or num_images <= 0:
         return 0
@@ -93,16 +174,23 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, device, num_images: int) 
         bn.momentum = None
         bn.train()
     seen = 0
+    prepare_model(model, device)
     try:
-        for x, _ in loader:
-            model(x.to(device, non_blocking=True))
-            seen += x.shape[0]
-            if seen >= num_images:
-                break
+        with autocast(device):
+            for x, _ in loader:
+                model(prepare_input(x, device))
+                seen += x.shape[0]
+                if seen >= num_images:
+                    break
     finally:
         for bn, momentum in saved:
             bn.momentum = momentum
         model.eval()
+    if distributed.is_initialized():
+        for bn in bns:
+            for stat in (bn.running_mean, bn.running_var):
+                if stat is not None:
+                    distributed.all_reduce_mean_(stat)
     return seen
 
 

@@ -1,4 +1,10 @@
-"""LSQ quantization-aware finetuning of a policy from the FP32 weights (specs/limpq.md section 7)."""
+"""Quantization-aware finetuning of a policy from the FP32 weights, driven by a recipe dict.
+
+One loop serves every recipe (specs/limpq.md section 7, oscillations.md, n2uq.md): range init
+(LSQ rule or MSE), epochs with optional dampening / freezing schedules, distillation and a
+separate optimizer for quantizer parameters, then BN re-estimation so that the saved model is
+evaluated with refreshed statistics.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,17 +12,25 @@ import logging
 import torch
 from torch import nn
 
+from ..quant.lsq import LsqQuantizer
+from ..quant.n2uq import LtqQuantizer
+from ..quant.oscillation import OscillationControl, OscillationOptions, mse_range_init, oscillation_stats
+from .kd import Distiller, KdOptions
+from .loop import active_batchnorms, batches_for, recalibrate_bn
 from .fp32 import train_model
-from .loop import recalibrate_bn
+from .optim import build_optimizer
 
 log = logging.getLogger("mpq")
+
+QUANTIZER_TYPES = (LsqQuantizer, LtqQuantizer)
 
 
 @torch.no_grad()
 def init_act_steps(model: nn.Module, x: torch.Tensor) -> None:
     """One training-mode forward so every activation quantizer sets its lazy initial step.
 
-    BN layers are kept in eval mode so their running statistics are not touched.
+    BN layers are kept in eval mode so their running statistics are not touched. Gradients are
+    off, so oscillation trackers do not count it as a training iteration.
     """
     model.train()
     for m in model.modules():
@@ -26,21 +40,179 @@ def init_act_steps(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
-def finetune_lsq(model: nn.Module, data, recipe: dict, device, *, batch_size: int, seed: int,
-                 workers: int) -> dict:
-    """QAT for `recipe['epochs']` epochs (0 = quantize only), then BN re-estimation."""
+@torch.no_grad()
+def reestimate_bn_batch_mean(model: nn.Module, loader, device, num_batches: int) -> int:
+    """BN running stats = the average of per-batch statistics (specs/oscillations.md section 6).
+
+    Everything but BN stays in eval mode, so quantizers and trackers do not change. Returns the
+    number of images used.
+    """
+    bns = active_batchnorms(model)
+    if not bns or num_batches <= 0:
+        return 0
+    model.eval()
+    saved = [bn.momentum for bn in bns]
+    sums = [(torch.zeros_like(bn.running_mean), torch.zeros_like(bn.running_var)) for bn in bns]
+    batches = seen = 0
+    try:
+        for bn in bns:
+            bn.momentum = 1.0
+            bn.train()
+        for x, _ in loader:
+            model(x.to(device, non_blocking=True))
+            for bn, (mean, var) in zip(bns, sums):
+                mean += bn.running_mean
+                var += bn.running_var
+            batches, seen = batches + 1, seen + x.shape[0]
+            if batches >= num_batches:
+                break
+        for bn, (mean, var) in zip(bns, sums):
+            if batches:
+                bn.running_mean.copy_(mean / batches)
+                bn.running_var.copy_(var / batches)
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+        model.eval()
+    return seen
+
+
+def quantizer_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters owned by quantizers (LSQ steps, LTQ thresholds and scales)."""
+    return {id(p) for m in model.modules() if isinstance(m, QUANTIZER_TYPES) for p in m.parameters()}
+
+
+class _Params:
+    """Just enough of a module for build_optimizer: named_parameters() over a chosen subset."""
+
+    def __init__(self, named):
+        self._named = list(named)
+
+    def named_parameters(self):
+        return iter(self._named)
+
+
+class JointOptimizer:
+    """Several optimizers stepped as one; param_groups lists all groups so one schedule drives them."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+
+
+def build_finetune_optimizer(model: nn.Module, recipe: dict):
+    """The recipe's optimizer; with `quant_optimizer` the quantizer parameters get their own."""
+    qcfg = recipe.get("quant_optimizer")
+    if not qcfg:
+        return build_optimizer(model, recipe)
+    owned = quantizer_parameters(model)
+    named = list(model.named_parameters())
+    weights = build_optimizer(_Params((n, p) for n, p in named if id(p) not in owned), recipe)
+    quant_cfg = {"optimizer": qcfg.get("name", "adam"), "lr": qcfg["lr"],
+                 "weight_decay": qcfg.get("weight_decay", 0.0), "momentum": qcfg.get("momentum", 0.9),
+                 "nesterov": qcfg.get("nesterov", False)}
+    quant = build_optimizer(_Params((n, p) for n, p in named if id(p) in owned), quant_cfg)
+    return JointOptimizer(weights, quant)
+
+
+def _range_init(recipe: dict, oscillation: OscillationOptions) -> str:
+    choice = recipe.get("range_init", "auto")
+    if choice == "auto":
+        return "mse" if oscillation.mode != "none" else "lsq"
+    if choice not in ("mse", "lsq"):
+        raise ValueError(f"range_init {choice!r} is unknown; use auto, mse or lsq")
+    return choice
+
+
+def _bn_procedure(recipe: dict, oscillation: OscillationOptions) -> str:
+    choice = recipe.get("bn_recalibration", "auto")
+    if choice == "auto":
+        return "batch_mean" if oscillation.mode != "none" else "cumulative"
+    if choice not in ("batch_mean", "cumulative"):
+        raise ValueError(f"bn_recalibration {choice!r} is unknown; use auto, batch_mean or cumulative")
+    return choice
+
+
+def reestimate_bn(model: nn.Module, recipe: dict, loader, device, batch_size: int) -> int:
+    """BN re-estimation on `bn_recalibration_images` training images, by the recipe's procedure."""
+    images = int(recipe.get("bn_recalibration_images", 6000))
+    if _bn_procedure(recipe, OscillationOptions.from_recipe(recipe)) == "batch_mean":
+        return reestimate_bn_batch_mean(model, loader, device, batches_for(images, batch_size))
+    return recalibrate_bn(model, loader, device, images)
+
+
+def _train(model, batches, recipe: dict, device, teacher, oscillation: OscillationOptions) -> dict:
+    """The shared epoch loop (resumable, DDP-aware) with the recipe's loss terms in its step."""
+    epochs = int(recipe["epochs"])
+    distiller = Distiller(KdOptions.from_recipe(recipe), teacher.to(device) if teacher is not None else None,
+                          recipe.get("label_smoothing", 0.0))
+    control = None
+    if oscillation.mode != "none":
+        control = OscillationControl(model, oscillation, epochs * len(batches(0)))
+    # The schedules' iteration counter must survive a resume like the weights do.
+    progress_state = {"iteration": 0}
+
+    def step(model, x, y):
+        if control is not None:
+            control.t = progress_state["iteration"]
+            control.begin_iteration()
+        progress_state["iteration"] += 1
+        logits = model(x)
+        loss = distiller.loss(logits, x, y)
+        extra = control.regulariser() if control is not None else None
+        if extra is not None:
+            loss = loss + extra
+        loss.backward()
+        return loss, logits
+
+    def report(epoch):
+        stats = oscillation_stats(model)
+        if stats:
+            log.info("finetune epoch %d/%d oscillation: %s", epoch + 1, epochs,
+                     " ".join(f"{k}={v}" for k, v in stats.items()))
+
+    return train_model(model, batches, recipe, device, what="finetune", step=step, on_epoch_end=report,
+                       extra_state=progress_state, optimizer=build_finetune_optimizer(model, recipe))
+
+
+def finetune(model: nn.Module, data, recipe: dict, device, *, teacher: nn.Module | None = None,
+             batch_size: int, seed: int, workers: int) -> dict:
+    """QAT for `recipe['epochs']` epochs (0 = quantize and calibrate only), then BN re-estimation.
+
+    `model` was built by mpq.build.quantize_for_policy with the same recipe (quantizer family and
+    trackers); `teacher` is the FP32 model, needed when recipe kd.enabled.
+    """
     from ..data import make_loader
 
+    def batches(epoch, shift=0):
+        return make_loader(data.train, batch_size, train=True, seed=seed + shift, epoch=epoch,
+                           workers=workers)
+
+    oscillation = OscillationOptions.from_recipe(recipe)
     model.to(device)
-    first = next(iter(make_loader(data.train, batch_size, train=True, seed=seed, epoch=0, workers=workers)))
-    init_act_steps(model, first[0].to(device))
+    first = next(iter(batches(0)))[0].to(device)
+    if _range_init(recipe, oscillation) == "mse":
+        mse_range_init(model, first)
+    else:
+        init_act_steps(model, first)
     fit = {"epochs": 0}
     if int(recipe.get("epochs", 0)) > 0:
-        fit = train_model(model, lambda e: make_loader(data.train, batch_size, train=True, seed=seed,
-                                                       epoch=e, workers=workers),
-                          recipe, device, what="finetune", label_smoothing=recipe.get("label_smoothing", 0.0))
-    images = int(recipe.get("bn_recalibration_images", 6000))
-    used = recalibrate_bn(model, make_loader(data.train, batch_size, train=True, seed=seed + 1, workers=workers),
-                          device, images)
+        fit = _train(model, batches, recipe, device, teacher, oscillation)
+    used = reestimate_bn(model, recipe, batches(0, shift=1), device, batch_size)
     log.info("BN re-estimated on %d training images", used)
-    return {**fit, "bn_images": used}
+    return {**fit, **oscillation_stats(model), "bn_images": used}

@@ -55,7 +55,10 @@ class ResumeFile:
         return state
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        from ..distributed import is_main
+
+        if is_main():   # under DDP rank 0 owns the file (it alone wrote it)
+            self.path.unlink(missing_ok=True)
 
 
 def fingerprint(spec: dict) -> str:

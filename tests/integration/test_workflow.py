@@ -20,14 +20,26 @@ TINY = {
     "model": {"arch": "resnet8", "num_classes": 10},
     "pretrain": {"epochs": 6, "lr": 0.1},
     "quant": {"candidates": [6, 5, 4, 3, 2]},
-    "importance": {"limpq": {"epochs": 1, "fixed_layers_during_indicators": "fp"}},
+    "importance": {"limpq": {"epochs": 1, "fixed_layers_during_indicators": "fp"},
+                   "rfquant": {"epochs": 1, "warmup_epochs": 0, "ema_decay": 0.5, "bn_calibration_images": 256,
+                               "sched_start": 0, "sched_period": 1},
+                   "ompq": {"samples": 16}},
+    "search": {"greedy": {"batch_size": 64}},
     "policies": {
         "uniform-w4a4": {"search": "uniform", "bits": [4, 4], "finetune": "lsq"},
         "limpq-w3a3": {"search": "ilp", "importance": "limpq", "budget": {"bitops": "w3a3"}, "finetune": "lsq"},
         "limpq-size": {"search": "ilp", "importance": "limpq", "budget": {"size_mb": 0.022}, "finetune": "lsq"},
+        "rfquant-w4a4": {"search": "greedy", "importance": "rfquant", "budget": {"bitops": "w4a4"},
+                         "finetune": "none"},
+        "ompq-ptq": {"search": "ompq", "importance": "ompq", "mode": "ptq", "budget": {"size_mb": 0.0274},
+                     "finetune": "ptq"},
+        "w3a3-dampen": {"search": "uniform", "bits": [3, 3], "finetune": "lsq-dampen"},
     },
-    "finetune": {"lsq": {"epochs": 1, "lr": 0.01, "bn_recalibration_images": 512}},
+    "finetune": {"lsq": {"epochs": 1, "lr": 0.01, "bn_recalibration_images": 512},
+                 "lsq-dampen": {"epochs": 1, "lr": 0.01, "bn_recalibration_images": 512, "oscillation": "dampen"},
+                 "ptq": {"method": "ptq", "calib_images": 64, "iters_w": 10, "iters_a": 5}},
 }
+QUANTIZED = ("uniform-w4a4", "limpq-w3a3", "limpq-size", "rfquant-w4a4", "ompq-ptq", "w3a3-dampen")
 
 pytestmark = pytest.mark.integration
 
@@ -68,10 +80,10 @@ def finished_run(tmp_path_factory):
 def test_summary_has_fp32_and_every_policy(finished_run):
     rows = list(csv.DictReader(open(finished_run / "results/tiny/summary.csv")))
     by_name = {r["policy"]: r for r in rows}
-    assert set(by_name) == {"fp32", "uniform-w4a4", "limpq-w3a3", "limpq-size"}
+    assert set(by_name) == {"fp32", *QUANTIZED}
     fp32 = by_name["fp32"]
     assert float(fp32["top1"]) > 80.0, "six epochs of FP32 training on digits should exceed 80%"
-    for name in ("uniform-w4a4", "limpq-w3a3", "limpq-size"):
+    for name in QUANTIZED:
         r = by_name[name]
         assert 0 < float(r["bitops_g"]) < float(fp32["bitops_g"])
         assert 0 < float(r["size_mb"]) < float(fp32["size_mb"])
@@ -81,8 +93,29 @@ def test_summary_has_fp32_and_every_policy(finished_run):
     assert pol["search"]["method"] == "ilp" and pol["search"]["status"].lower() == "optimal"
     size_pol = yaml.safe_load(open(finished_run / "results/tiny/policies/limpq-size/policy.yaml"))
     assert size_pol["achieved"]["size_mb"] <= 0.022 + 1e-9
-    for log in ("pretrain.log", "train_indicators.log", "finetune/limpq-w3a3.log"):
+    for log in ("pretrain.log", "train_indicators.log", "train_supernet.log", "finetune/limpq-w3a3.log"):
         assert "epoch 1/" in (finished_run / "results/tiny/logs" / log).read_text(), log
+    rf = yaml.safe_load(open(finished_run / "results/tiny/policies/rfquant-w4a4/policy.yaml"))
+    assert rf["search"]["method"] == "greedy" and rf["achieved"]["bitops_g"] <= rf["budget"]["bitops_g"] + 1e-9
+    om = yaml.safe_load(open(finished_run / "results/tiny/policies/ompq-ptq/policy.yaml"))
+    assert om["search"]["method"] == "ompq" and om["achieved"]["size_mb"] <= 0.0274 + 1e-9
+    assert by_name["ompq-ptq"]["finetune"] == "ptq" and by_name["w3a3-dampen"]["finetune"] == "lsq-dampen"
+    # Each model.pt came from the rule its recipe names.
+    for rule, policy in (("subnet", "rfquant-w4a4"), ("ptq", "ompq-ptq"), ("finetune", "w3a3-dampen")):
+        assert (finished_run / f"results/tiny/logs/{rule}/{policy}.log").is_file(), (rule, policy)
+
+
+def test_figures_are_written(finished_run):
+    res = finished_run / "results/tiny"
+    for stem in ("figures/top1_vs_bitops", "figures/top1_vs_size", "policies/limpq-w3a3/bits"):
+        for ext in ("png", "svg"):
+            path = res / f"{stem}.{ext}"
+            assert path.is_file() and path.stat().st_size > 2000, path
+    assert (res / "figures/top1_vs_bitops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(res / "summary.csv")))
+    timed = {r["policy"]: r for r in rows}
+    assert float(timed["fp32"]["time_pretrain_s"]) > 0
+    assert float(timed["limpq-w3a3"]["time_finetune_s"]) > 0 and float(timed["limpq-w3a3"]["time_search_s"]) > 0
 
 
 def test_nothing_to_do_after_a_complete_run(finished_run):
@@ -96,10 +129,24 @@ def test_changing_one_budget_reruns_only_that_policy(finished_run, tmp_path):
     cfg["policies"]["limpq-w3a3"]["budget"] = {"bitops": "w4a3"}
     write_config(workdir, cfg)
     jobs = planned_jobs(workdir)
-    assert jobs == {"search": 1, "finetune": 1, "evaluate": 1, "summarize": 1, "all": 1}, jobs
+    assert jobs == {"search": 1, "finetune": 1, "evaluate": 1, "plot_policy": 1, "summarize": 1, "all": 1}, jobs
     plan = snakemake(workdir, "-n").stdout
     assert "results/tiny/policies/limpq-w3a3/policy.yaml" in plan
     assert "results/tiny/policies/limpq-size/policy.yaml" not in plan
+
+
+def test_adding_an_rfquant_budget_reuses_the_supernet(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    cfg["policies"]["rfquant-w3a3"] = {"search": "greedy", "importance": "rfquant", "budget": {"bitops": "w3a3"},
+                                       "finetune": "none"}
+    write_config(workdir, cfg)
+    jobs = planned_jobs(workdir)
+    assert jobs == {"search": 1, "subnet": 1, "evaluate": 1, "plot_policy": 1, "summarize": 1, "all": 1}, jobs
+    plan = snakemake(workdir, "-n").stdout
+    assert "rfquant/supernet.pt" not in [ln.split(":", 1)[1].strip() for ln in plan.splitlines()
+                                         if ln.strip().startswith("output:")]
 
 
 def test_changing_a_finetune_recipe_never_reruns_pretrain_or_search(finished_run, tmp_path):
@@ -118,8 +165,8 @@ def test_bad_config_key_fails_with_one_line(tmp_path):
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "config error" in ln]
-    assert lines == ["config error: unknown key policies.p.budgte; allowed here: alpha, avg_bits, bits, budget, "
-                     "finetune, importance, search, solver"]
+    assert lines == ["config error: unknown key policies.p.budgte; allowed here: act_bits, alpha, avg_bits, beta, "
+                     "bits, budget, count_bn_params, finetune, importance, mode, search, solver"]
     assert not (tmp_path / "results").exists()
 
 

@@ -41,12 +41,27 @@ DEFAULT_RESOURCES = {
     "pretrain": {"threads": 2, "mem_mb": 4000, "runtime": 240},
     "train_indicators": {"threads": 2, "mem_mb": 4000, "runtime": 480},
     "extract_importance": {"threads": 1, "mem_mb": 2000, "runtime": 10},
+    "train_supernet": {"threads": 2, "mem_mb": 4000, "runtime": 960},
+    "ompq_importance": {"threads": 1, "mem_mb": 4000, "runtime": 30},
     "search": {"threads": 1, "mem_mb": 2000, "runtime": 30},
     "finetune": {"threads": 1, "mem_mb": 4000, "runtime": 480},
+    "ptq": {"threads": 1, "mem_mb": 4000, "runtime": 120},
+    "subnet": {"threads": 1, "mem_mb": 4000, "runtime": 60},
     "evaluate": {"threads": 1, "mem_mb": 4000, "runtime": 60},
     "summarize": {"threads": 1, "mem_mb": 1000, "runtime": 10},
+    "plot_policy": {"threads": 1, "mem_mb": 1000, "runtime": 10},
 }
-TRAINING_RULES = {"pretrain", "train_indicators", "finetune", "evaluate"}
+TRAINING_RULES = {"pretrain", "train_indicators", "train_supernet", "finetune", "ptq", "subnet", "evaluate",
+                  "ompq_importance"}
+
+
+def launcher(rule_name):
+    """The Python command of a training rule: torchrun (DDP, one process per GPU) when it asks for
+    more than one GPU, plain Python otherwise. Resources are not params, so changing them reruns nothing."""
+    gpus = res(rule_name, "gpu")
+    if gpus > 1:
+        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
+    return PY
 
 
 def res(rule_name, key):
@@ -57,6 +72,9 @@ def res(rule_name, key):
     if key == "gpu":
         return 1 if config["device"] == "cuda" and rule_name in TRAINING_RULES else 0
     return DEFAULT_RESOURCES[rule_name][key]
+
+
+LAUNCH = {name: launcher(name) for name in ("pretrain", "train_indicators", "train_supernet", "finetune")}
 
 
 # --- per-rule specs ----------------------------------------------------------------------------
@@ -81,14 +99,39 @@ def search_spec(wildcards):
     policy = POLICIES[wildcards.policy]
     spec = {"policy_name": wildcards.policy, "policy": policy, "model": config["model"],
             "image_size": config["dataset"]["image_size"], "quant": config["quant"]}
-    if policy["search"] != "uniform":
-        spec["search"] = {**config["search"], **{k: policy[k] for k in ("alpha", "solver") if k in policy}}
+    method = policy["search"]
+    if method == "ilp":
+        spec["search"] = {**{k: v for k, v in config["search"].items() if k != "greedy"},
+                          **{k: policy[k] for k in ("alpha", "solver") if k in policy}}
+    elif method == "greedy":   # scores candidates on held-out training batches: needs the data
+        spec.update(base_spec())
+        spec["search"] = config["search"]["greedy"]
+    elif method == "ompq":
+        spec["search"] = {k: v for k, v in config["importance"]["ompq"].items() if k not in ("samples", "augment")}
     return as_json(spec)
 
 
+def ompq_spec():
+    cfg = config["importance"]["ompq"]
+    return as_json({**base_spec(), "ompq": {k: cfg[k] for k in ("samples", "augment")}})
+
+
+def supernet_spec():
+    return as_json({**base_spec(), "quant": config["quant"], "rfquant": config["importance"]["rfquant"]})
+
+
+def recipe_of(policy_name):
+    """(name, recipe dict) of a policy's finetune; 'none' means no training at all."""
+    name = POLICIES[policy_name].get("finetune", "none")
+    if name == "none":
+        return name, {"method": "none", "epochs": 0}
+    return name, config["finetune"][name]
+
+
 def finetune_spec(wildcards):
-    name = POLICIES[wildcards.policy].get("finetune", "none")
-    recipe = {"epochs": 0} if name == "none" else config["finetune"][name]
+    name, recipe = recipe_of(wildcards.policy)
+    if recipe.get("method") == "none":
+        recipe = {**recipe, "epochs": 0}
     return as_json({**base_spec(), "quant": config["quant"], "recipe_name": name, "recipe": recipe})
 
 
@@ -96,8 +139,24 @@ def evaluate_spec(wildcards):
     return as_json({**base_spec(), "policy_name": wildcards.policy, "policy": POLICIES[wildcards.policy]})
 
 
+def finetune_rule_of(policy_name):
+    """Which rule makes a policy's model.pt: `subnet` (RFQuant, no retraining: weights from the
+    supernet), `ptq` (calibration only) or `finetune` (QAT; epochs 0 = quantize and calibrate)."""
+    method = recipe_of(policy_name)[1].get("method", "lsq")
+    if method == "none" and POLICIES[policy_name].get("importance") == "rfquant":
+        return "subnet"
+    return "ptq" if method == "ptq" else "finetune"
+
+
+def policies_made_by(rule_name):
+    """Wildcard constraint naming exactly the policies whose model.pt `rule_name` makes."""
+    names = [p for p in POLICIES if finetune_rule_of(p) == rule_name]
+    return "|".join(re.escape(p) for p in names) if names else "(?!x)x"
+
+
 # --- inputs and targets ------------------------------------------------------------------------
-IMPORTANCE_FILES = {"limpq": f"{RES}/limpq/importance.pkl"}
+IMPORTANCE_FILES = {"limpq": f"{RES}/limpq/importance.pkl", "ompq": f"{RES}/ompq/importance.pkl",
+                    "rfquant": f"{RES}/rfquant/supernet.pt"}
 
 
 def search_inputs(wildcards):
@@ -118,3 +177,8 @@ def policy_metrics():
 
 def summary_target():
     return f"{RES}/summary.csv"
+
+
+def final_targets():
+    """The summary (table and fronts) and every policy's bit chart."""
+    return [summary_target()] + expand(f"{RES}/policies/{{policy}}/bits.png", policy=list(POLICIES))

@@ -15,8 +15,8 @@ rule train_indicators:
         runtime=res("train_indicators", "runtime"),
     cache: "omit-software"
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --fp32 {input.fp32} --out {output} > {log} 2>&1"
+        "{LAUNCH[train_indicators]} {input.script} --spec {params.spec:q} --threads {threads}"
+        " --timing-out {RES}/benchmarks/train_indicators.tsv --fp32 {input.fp32} --out {output} > {log} 2>&1"
 
 
 rule extract_importance:
@@ -28,6 +28,8 @@ rule extract_importance:
         meta=f"{RES}/limpq/importance.json",
     params:
         spec=extract_spec(),
+    benchmark:
+        f"{RES}/benchmarks/extract_importance.tsv"
     log:
         f"{RES}/logs/extract_importance.log",
     threads: res("extract_importance", "threads")
@@ -37,3 +39,46 @@ rule extract_importance:
     shell:
         "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
         " --indicators {input.indicators} --out {output.pkl} --meta-out {output.meta} > {log} 2>&1"
+
+
+rule train_supernet:
+    input:
+        script=stage("train_supernet"),
+        fp32=f"{RES}/pretrain/model.pt",
+    output:
+        f"{RES}/rfquant/supernet.pt",
+    params:
+        spec=supernet_spec(),
+    log:
+        f"{RES}/logs/train_supernet.log",
+    threads: res("train_supernet", "threads")
+    resources:
+        gpu=res("train_supernet", "gpu"),
+        mem_mb=res("train_supernet", "mem_mb"),
+        runtime=res("train_supernet", "runtime"),
+    cache: "omit-software"
+    shell:
+        "{LAUNCH[train_supernet]} {input.script} --spec {params.spec:q} --threads {threads}"
+        " --timing-out {RES}/benchmarks/train_supernet.tsv --fp32 {input.fp32} --out {output} > {log} 2>&1"
+
+
+rule ompq_importance:
+    input:
+        script=stage("ompq_importance"),
+        fp32=f"{RES}/pretrain/model.pt",
+    output:
+        f"{RES}/ompq/importance.pkl",
+    params:
+        spec=ompq_spec(),
+    benchmark:
+        f"{RES}/benchmarks/ompq_importance.tsv"
+    log:
+        f"{RES}/logs/ompq_importance.log",
+    threads: res("ompq_importance", "threads")
+    resources:
+        gpu=res("ompq_importance", "gpu"),
+        mem_mb=res("ompq_importance", "mem_mb"),
+        runtime=res("ompq_importance", "runtime"),
+    shell:
+        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
+        " --fp32 {input.fp32} --out {output} > {log} 2>&1"

@@ -15,5 +15,6 @@ rule pretrain:
         runtime=res("pretrain", "runtime"),
     cache: "omit-software"
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --model-out {output.model} --metrics-out {output.metrics} > {log} 2>&1"
+        "{LAUNCH[pretrain]} {input.script} --spec {params.spec:q} --threads {threads}"
+        " --timing-out {RES}/benchmarks/pretrain.tsv --model-out {output.model} --metrics-out {output.metrics}"
+        " > {log} 2>&1"

@@ -6,6 +6,8 @@ rule search:
     params:
         spec=search_spec,
         importance=importance_arg,
+    benchmark:
+        f"{RES}/benchmarks/search/{{policy}}.tsv"
     log:
         f"{RES}/logs/search/{{policy}}.log",
     threads: res("search", "threads")

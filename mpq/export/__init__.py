@@ -1,0 +1,51 @@
+"""Export of finetuned quantized models: integer npz + JSON manifest, and ONNX with QDQ nodes.
+
+`export_checkpoint` is the one entry point the CLI uses; the formats are documented in
+mpq.export.npz, mpq.export.onnx_export and docs/export.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .npz import MANIFEST_NAME, NPZ_NAME, dequantized_weights, read_export, write_export
+from .onnx_export import build_onnx, onnx_session, write_onnx
+from .quantized import ExportError, LayerRecord, float_tensors, quant_records, refuse_checkpoint_kind
+
+ONNX_NAME = "model.onnx"
+
+__all__ = ["ExportError", "LayerRecord", "export_checkpoint", "export_model", "quant_records", "float_tensors",
+           "write_export", "read_export", "dequantized_weights", "build_onnx", "write_onnx", "onnx_session",
+           "NPZ_NAME", "MANIFEST_NAME", "ONNX_NAME"]
+
+
+def export_model(model, policy, out_dir, *, onnx: bool = False, int4: bool = True) -> dict:
+    """Write weights.npz + manifest.json (and model.onnx) for a finetuned LSQ model; returns paths."""
+    model = model.cpu().eval()
+    records = quant_records(model)
+    out_dir = Path(out_dir)
+    written = {}
+    if onnx:   # built first: a refusal leaves nothing half-written behind
+        proto = build_onnx(model, records, policy.image_size, int4=int4,
+                           metadata={"arch": policy.arch, "num_classes": policy.num_classes,
+                                     "image_size": policy.image_size, "policy": policy.to_dict()})
+    batchnorm = {name: {"eps": m.eps} for name, m in model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    write_export(out_dir, records, float_tensors(model), arch=policy.arch, num_classes=policy.num_classes,
+                 image_size=policy.image_size, policy=policy.to_dict(), batchnorm=batchnorm)
+    written.update(npz=out_dir / NPZ_NAME, manifest=out_dir / MANIFEST_NAME)
+    if onnx:
+        write_onnx(out_dir / ONNX_NAME, proto)
+        written["onnx"] = out_dir / ONNX_NAME
+    return {"layers": len(records), **written}
+
+
+def export_checkpoint(path, out_dir, *, onnx: bool = False, int4: bool = True) -> dict:
+    """Export the finetuned checkpoint at `path` (kind 'quantized'); PTQ and N2UQ are refused."""
+    from ..build import quantized_model
+    from ..train.checkpoint import load_checkpoint
+
+    refuse_checkpoint_kind(load_checkpoint(path)["kind"], path)
+    model, policy, _ = quantized_model(path)
+    return export_model(model, policy, out_dir, onnx=onnx, int4=int4)

@@ -1,0 +1,134 @@
+"""Integer export of a finetuned model: `weights.npz` + `manifest.json` (format "mpq-export/1").
+
+Layout of `weights.npz` (numpy archive, every array little-endian; keys use '/' as separator):
+
+    {layer}/weight_int         int8,    the weight's shape   integer codes q
+    {layer}/weight_scale       float32, () or (C_out,)       per-tensor or per-output-channel scale s
+    {layer}/weight_zero_point  int8,    same shape as scale  zero point z (0: LSQ is symmetric)
+    {layer}/weight             float32                       only for a layer kept in full precision
+    {layer}/bias               float32, (C_out,)             when the layer has a bias
+    float/{state_key}          float32                       every other float tensor of the model
+                                                             (BN weight/bias/running_mean/running_var, ...)
+
+Dequantized weight: w = s * (q - z), with s broadcast along axis 0 when per channel; this equals
+the PyTorch model's fake-quantized weight exactly (float32).
+
+Activation (input) quantizer of a layer, recorded in the manifest only (scalars):
+x_q = s * (round_half_even(clamp(x / s, qmin, qmax)) - z), with z = 0, [qmin, qmax] = [0, 2^b - 1]
+when unsigned and [-2^(b-1), 2^(b-1) - 1] when signed. The stem's input (the image) is not quantized.
+
+`manifest.json` holds: format, arch, num_classes, image_size, input layout, the policy (policy.yaml
+form), the sha256 of weights.npz, and per layer (module order): name, role (stem / searchable /
+classifier), kind (conv / linear), geometry, weight {bits, qmin, qmax, granularity, axis, keys} and
+act {bits, signed, qmin, qmax, scale, zero_point} (null where not quantized); and per BatchNorm
+module its eps (its tensors are under float/). See docs/export.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write_bytes, atomic_write_json
+from .quantized import ActQuant, ExportError, LayerRecord, WeightQuant
+
+FORMAT = "mpq-export/1"
+NPZ_NAME, MANIFEST_NAME = "weights.npz", "manifest.json"
+DEQUANT_RULE = "w = scale * (int - zero_point)"
+ACT_RULE = "x_q = scale * (round_half_even(clamp(x / scale, qmin, qmax)) - zero_point)"
+
+
+def _weight_entry(rec: LayerRecord) -> tuple[dict, dict[str, np.ndarray]]:
+    p = f"{rec.name}/"
+    if rec.weight is None:
+        return {"bits": None, "float": p + "weight"}, {p + "weight": rec.float_weight}
+    w = rec.weight
+    entry = {"bits": w.bits, "signed": True, "qmin": w.qmin, "qmax": w.qmax,
+             "granularity": "per_channel" if w.per_channel else "per_tensor", "axis": 0 if w.per_channel else None,
+             "int": p + "weight_int", "scale": p + "weight_scale", "zero_point": p + "weight_zero_point",
+             "dequantize": DEQUANT_RULE}
+    return entry, {p + "weight_int": w.codes, p + "weight_scale": w.scale, p + "weight_zero_point": w.zero_point}
+
+
+def _act_entry(act: ActQuant | None) -> dict | None:
+    if act is None:
+        return None
+    return {"bits": act.bits, "signed": act.signed, "qmin": act.qmin, "qmax": act.qmax, "scale": act.scale,
+            "zero_point": act.zero_point, "granularity": "per_tensor", "quantize": ACT_RULE}
+
+
+def build_archive(records: list[LayerRecord], floats: dict[str, np.ndarray]) -> tuple[dict, list[dict]]:
+    """(arrays for the npz, per-layer manifest entries)."""
+    arrays, layers = {}, []
+    for rec in records:
+        weight, tensors = _weight_entry(rec)
+        arrays.update(tensors)
+        entry = {"name": rec.name, "role": rec.role, "kind": rec.kind, **rec.attrs,
+                 "weight": weight, "act": _act_entry(rec.act), "bias": None}
+        if rec.bias is not None:
+            entry["bias"] = f"{rec.name}/bias"
+            arrays[entry["bias"]] = rec.bias
+        layers.append(entry)
+    for key, value in floats.items():
+        arrays[f"float/{key}"] = value
+    return arrays, layers
+
+
+def write_export(out_dir, records: list[LayerRecord], floats: dict[str, np.ndarray], *, arch: str,
+                 num_classes: int, image_size: int, policy: dict | None = None,
+                 batchnorm: dict | None = None) -> dict:
+    """Write weights.npz then manifest.json into out_dir, each atomically; returns the manifest."""
+    out_dir = Path(out_dir)
+    arrays, layers = build_archive(records, floats)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    manifest = {
+        "format": FORMAT,
+        "arch": arch, "num_classes": int(num_classes), "image_size": int(image_size),
+        "input": {"layout": "NCHW", "dtype": "float32", "shape": [None, 3, int(image_size), int(image_size)],
+                  "quantized": False},
+        "tensors": {"file": NPZ_NAME, "sha256": hashlib.sha256(data).hexdigest(),
+                    "float_prefix": "float/", "float_keys": sorted(floats)},
+        "rules": {"weight": DEQUANT_RULE, "act": ACT_RULE},
+        "layers": layers,
+        "batchnorm": batchnorm or {},
+        "policy": policy,
+    }
+    atomic_write_bytes(out_dir / NPZ_NAME, data)
+    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_export(out_dir) -> tuple[dict, dict[str, np.ndarray]]:
+    """(manifest, arrays) of an export directory, checked against the manifest's checksum."""
+    out_dir = Path(out_dir)
+    mpath, npath = out_dir / MANIFEST_NAME, out_dir / NPZ_NAME
+    for p in (mpath, npath):
+        if not p.is_file():
+            raise ExportError(f"{p}: not found; run `mpq export` first")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ExportError(f"{mpath}: not an mpq export (expected format {FORMAT!r})")
+    data = npath.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest["tensors"]["sha256"]:
+        raise ExportError(f"{npath}: checksum differs from {mpath}; the export is incomplete, export again")
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return manifest, arrays
+
+
+def dequantized_weights(manifest: dict, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float weights per layer name, rebuilt from the integer form (w = s * (q - z))."""
+    out = {}
+    for layer in manifest["layers"]:
+        w = layer["weight"]
+        if w["bits"] is None:
+            out[layer["name"]] = arrays[w["float"]]
+            continue
+        out[layer["name"]] = WeightQuant(w["bits"], arrays[w["int"]], arrays[w["scale"]],
+                                         arrays[w["zero_point"]], w["qmin"], w["qmax"]).dequantize()
+    return out

@@ -1,0 +1,294 @@
+"""ONNX export (opset 21) of a finetuned LSQ model with QuantizeLinear/DequantizeLinear pairs.
+
+How each quantized tensor is stored (also written into every node's doc_string and into the
+model's metadata_props under "mpq.layers"):
+
+- weights, 8-bit: INT8 initializer -> DequantizeLinear (per tensor, or per channel on axis 0);
+- weights, 4-bit: INT4 initializer -> DequantizeLinear (opset 21) when `int4` is on;
+- weights at any other bit-width (2, 3, 5, 6, 7; 4 with `int4` off): the fake-quantized float
+  values scale * codes as a float initializer, bit-width and scale in its doc_string;
+- activations, 8-bit: QuantizeLinear -> DequantizeLinear with a UINT8 (INT8 when signed) zero point;
+- activations, 4-bit: the same with a UINT4/INT4 zero point when `int4` is on;
+- activations at other bit-widths: Clip to [qmin * s, qmax * s], then an 8-bit QDQ pair at the
+  same scale, which rounds onto exactly the LSQ grid.
+
+Route: the model is copied with every quantized layer swapped for an export module whose quantizer
+calls are marked by custom `mpq::` nodes naming the layer (torch.onnx legacy exporter, opset 20);
+the marks are then rewritten into the standard nodes above and the opset raised to 21.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io import atomic_write_bytes
+from ..quant.layers import QUANT_LAYERS
+from .quantized import ExportError, LayerRecord
+
+OPSET = 21
+EXPORT_OPSET = 20           # the legacy exporter's highest; raised to OPSET after rewriting
+FORMAT = "mpq-onnx/1"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ExportError("ONNX export needs the 'onnx' package: pip install 'mpq[export]'") from None
+
+
+# ------------------------------------------------------------------------------ export modules
+
+class _MarkWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, layer):
+        return w.clone()
+
+    @staticmethod
+    def symbolic(g, w, layer):
+        out = g.op("mpq::QuantWeight", w, layer_s=layer)
+        out.setType(w.type())
+        return out
+
+
+class _MarkAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, qmin, qmax, layer):
+        return torch.clamp(x / scale, qmin, qmax).round() * scale
+
+    @staticmethod
+    def symbolic(g, x, scale, qmin, qmax, layer):
+        out = g.op("mpq::QuantAct", x, layer_s=layer)
+        out.setType(x.type())
+        return out
+
+
+class _ExportLayer(nn.Module):
+    """A quantized conv/linear with its fake-quantized weight frozen in and marked quantizers."""
+
+    def __init__(self, layer: nn.Module, rec: LayerRecord):
+        super().__init__()
+        self.name, self.is_conv = rec.name, rec.kind == "conv"
+        w = rec.float_weight if rec.weight is None else rec.weight.dequantize()
+        self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(w)))
+        self.register_buffer("bias", None if rec.bias is None else torch.from_numpy(rec.bias))
+        self.marked = rec.weight is not None
+        self.act = rec.act
+        if self.is_conv:
+            self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    def forward(self, x):
+        if self.act is not None:
+            x = _MarkAct.apply(x, self.act.scale, self.act.qmin, self.act.qmax, self.name)
+        w = _MarkWeight.apply(self.weight, self.name) if self.marked else self.weight
+        if self.is_conv:
+            return F.conv2d(x, w, self.bias, *self.conv_args)
+        return F.linear(x, w, self.bias)
+
+
+def export_module(model: nn.Module, records: list[LayerRecord]) -> nn.Module:
+    """A copy of `model` whose quantized layers are export modules (same outputs, float32, eval)."""
+    clone = copy.deepcopy(model).cpu().float().eval()
+    by_name = {r.name: r for r in records}
+    for name, module in list(clone.named_modules()):
+        if isinstance(module, QUANT_LAYERS):
+            parent_name, _, child = name.rpartition(".")
+            parent = clone.get_submodule(parent_name) if parent_name else clone
+            setattr(parent, child, _ExportLayer(module, by_name[name]))
+    return clone
+
+
+# ---------------------------------------------------------------------------------- rewriting
+
+def _storage(rec: LayerRecord, int4: bool) -> tuple[str | None, str | None]:
+    """How the weight and the activation of one layer are stored (see the module docstring)."""
+    w_store = a_store = None
+    if rec.weight is not None:
+        w = rec.weight
+        if w.bits == 8:
+            w_store = "int8"
+        elif w.bits == 4 and int4 and (w.qmin, w.qmax) == (-8, 7):
+            w_store = "int4"
+        else:
+            w_store = "float_fake_quant"
+    if rec.act is not None:
+        a = rec.act
+        full = {(8, False): (0, 255), (8, True): (-128, 127), (4, False): (0, 15), (4, True): (-8, 7)}
+        container = ("int" if a.signed else "uint") + ("4" if a.bits == 4 and int4 else "8")
+        if full.get((a.bits, a.signed)) == (a.qmin, a.qmax) and (a.bits == 8 or int4):
+            a_store = container
+        else:
+            a_store = "clip+" + ("int8" if a.signed else "uint8")
+    return w_store, a_store
+
+
+def _tensor(name: str, array: np.ndarray, dtype: str, doc: str = ""):
+    from onnx import TensorProto, helper
+
+    kind = {"float": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
+            "int4": TensorProto.INT4, "uint4": TensorProto.UINT4}[dtype]
+    array = np.asarray(array)
+    t = helper.make_tensor(name, kind, list(array.shape), array.flatten().tolist())
+    if doc:
+        t.doc_string = doc
+    return t
+
+
+def _attr(node, key: str) -> str:
+    for a in node.attribute:
+        if a.name == key:
+            return a.s.decode()
+    raise ExportError(f"internal: mark node {node.name} has no {key!r} attribute")
+
+
+def _rewrite(proto, records: list[LayerRecord], int4: bool) -> list[dict]:
+    """Replace the mpq:: marks with standard nodes; returns the per-layer storage table."""
+    from onnx import helper
+
+    by_name = {r.name: r for r in records}
+    storage = {r.name: _storage(r, int4) for r in records}
+    graph = proto.graph
+    new_nodes, inits, renames = [], [], {}
+    for node in graph.node:
+        if node.domain != "mpq":
+            new_nodes.append(node)
+            continue
+        name = _attr(node, "layer")
+        rec = by_name[name]
+        out = node.output[0]
+        w_store, a_store = storage[name]
+        if node.op_type == "QuantWeight":
+            w = rec.weight
+            doc = (f"mpq layer={name} tensor=weight bits={w.bits} range=[{w.qmin},{w.qmax}] "
+                   f"granularity={'per_channel' if w.per_channel else 'per_tensor'} storage={w_store}")
+            if w_store == "float_fake_quant":
+                fq = f"{name}.weight_fq"
+                inits.append(_tensor(fq, w.dequantize(), "float",
+                                     doc + "; values are scale * integer codes (no ONNX type for this width)"))
+                renames[out] = fq
+                continue
+            inits += [_tensor(f"{name}.weight_int", w.codes, w_store, doc),
+                      _tensor(f"{name}.weight_scale", w.scale, "float"),
+                      _tensor(f"{name}.weight_zero_point", w.zero_point, w_store)]
+            dq = helper.make_node("DequantizeLinear", [f"{name}.weight_int", f"{name}.weight_scale",
+                                                      f"{name}.weight_zero_point"], [out],
+                                  name=f"{name}/weight_dequantize", doc_string=doc,
+                                  **({"axis": 0} if w.per_channel else {}))
+            new_nodes.append(dq)
+        elif node.op_type == "QuantAct":
+            a = rec.act
+            doc = (f"mpq layer={name} tensor=input bits={a.bits} signed={a.signed} "
+                   f"range=[{a.qmin},{a.qmax}] storage={a_store}")
+            container = a_store.split("+")[-1]
+            inits += [_tensor(f"{name}.act_scale", np.float32(a.scale), "float"),
+                      _tensor(f"{name}.act_zero_point", np.array(a.zero_point), container)]
+            src = node.input[0]
+            if a_store.startswith("clip+"):
+                lo, hi = np.float32(a.qmin * a.scale), np.float32(a.qmax * a.scale)
+                inits += [_tensor(f"{name}.act_clip_min", lo, "float"), _tensor(f"{name}.act_clip_max", hi, "float")]
+                new_nodes.append(helper.make_node("Clip", [src, f"{name}.act_clip_min", f"{name}.act_clip_max"],
+                                                  [f"{name}/act_clipped"], name=f"{name}/act_clip", doc_string=doc))
+                src = f"{name}/act_clipped"
+            new_nodes.append(helper.make_node("QuantizeLinear", [src, f"{name}.act_scale", f"{name}.act_zero_point"],
+                                              [f"{name}/act_int"], name=f"{name}/act_quantize", doc_string=doc))
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}/act_int", f"{name}.act_scale",
+                                                                   f"{name}.act_zero_point"], [out],
+                                              name=f"{name}/act_dequantize", doc_string=doc))
+        else:
+            raise ExportError(f"internal: unknown mark {node.op_type}")
+    for node in new_nodes:
+        for i, inp in enumerate(node.input):
+            if inp in renames:
+                node.input[i] = renames[inp]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(inits)
+    _prune(graph)
+    return [{"name": r.name, "role": r.role,
+             "w_bits": None if r.weight is None else r.weight.bits,
+             "a_bits": None if r.act is None else r.act.bits,
+             "weight_storage": storage[r.name][0] or "float", "act_storage": storage[r.name][1]}
+            for r in records]
+
+
+def _prune(graph) -> None:
+    """Drop nodes whose outputs nobody reads and initializers nobody uses (the replaced floats)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        keep = [n for n in graph.node if any(o in used for o in n.output)]
+        del graph.node[:]
+        graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input} | outputs
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _set_opset(proto, version: int) -> None:
+    kept = [o for o in proto.opset_import if o.domain not in ("", "ai.onnx", "mpq")]
+    del proto.opset_import[:]
+    from onnx import helper
+
+    proto.opset_import.extend([helper.make_opsetid("", version), *kept])
+
+
+# ------------------------------------------------------------------------------------ export
+
+def build_onnx(model: nn.Module, records: list[LayerRecord], image_size: int, *, int4: bool = True,
+               metadata: dict | None = None):
+    """The ONNX ModelProto of a finetuned LSQ model (checked by onnx.checker)."""
+    _require_onnx()
+    import onnx
+
+    module = export_module(model, records)
+    dummy = torch.zeros(1, 3, image_size, image_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (dummy,), buf, dynamo=False, opset_version=EXPORT_OPSET,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True,
+                          custom_opsets={"mpq": 1}, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    layers = _rewrite(proto, records, int4)
+    _set_opset(proto, OPSET)
+    proto.ir_version = max(proto.ir_version, 10)    # INT4 needs IR 10
+    proto.producer_name, proto.doc_string = "mpq", "mixed-precision quantized model (LSQ), QDQ form"
+    meta = {"mpq.format": FORMAT, "mpq.layers": json.dumps(layers)}
+    meta.update({f"mpq.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # onnx raises its own ValidationError types
+        raise ExportError(f"the exported ONNX graph does not validate: {str(e).splitlines()[0]}") from None
+    return proto
+
+
+def write_onnx(path, proto) -> None:
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+def onnx_session(path_or_bytes):
+    """An onnxruntime CPU session (graph optimizations off: QDQ pairs run exactly as written)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("running the ONNX model needs 'onnxruntime': pip install 'mpq[export]'") from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = str(path_or_bytes) if not isinstance(path_or_bytes, (bytes, bytearray)) else bytes(path_or_bytes)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])

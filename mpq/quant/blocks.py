@@ -1,0 +1,48 @@
+"""The blocks of a zoo model: the groups OMPQ measures features of and PTQ reconstructs together.
+
+A block is the outermost ResNet BasicBlock / Bottleneck, MobileNetV2 InvertedResidual or
+conv-norm-activation module. Its convs split into the main path, in execution order, and the
+shortcut (a `downsample` conv), which runs beside the main path's last conv.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import BasicBlock as TvBasicBlock
+from torchvision.models.resnet import Bottleneck
+from torchvision.ops.misc import Conv2dNormActivation
+
+from ..models.cifar_resnet import BasicBlock as CifarBasicBlock
+
+BLOCK_TYPES = (CifarBasicBlock, TvBasicBlock, Bottleneck, InvertedResidual, Conv2dNormActivation)
+SHORTCUT_NAMES = ("downsample", "shortcut")
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    main: tuple[str, ...]       # main-path conv names, execution order
+    shortcut: tuple[str, ...]   # shortcut conv names (join the last main conv)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (*self.main, *self.shortcut)
+
+
+def find_blocks(model: nn.Module) -> list[Block]:
+    """Outermost blocks in registration order (which is execution order for the zoo)."""
+    blocks, claimed = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, BLOCK_TYPES) or any(name.startswith(c + ".") for c in claimed):
+            continue
+        claimed.append(name)
+        main, shortcut = [], []
+        for sub, m in module.named_modules():
+            if isinstance(m, nn.Conv2d):
+                side = shortcut if sub.split(".")[0] in SHORTCUT_NAMES else main
+                side.append(f"{name}.{sub}" if name else sub)
+        if main:
+            blocks.append(Block(name, tuple(main), tuple(shortcut)))
+    return blocks

@@ -1,0 +1,100 @@
+"""Post-training quantisation of an FP32 model to any policy (specs/ptq.md section 1).
+
+Fold BN; MSE-initialise per-channel weight grids; AdaRound block by block against the FP outputs
+(inputs from the already-quantised network, activations unquantised); MSE-initialise the
+activation steps on the first images, then learn them block by block from FP inputs. No weight
+is trained and no label is used.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+from torch import nn
+
+from .bn_fold import fold_batchnorm
+from .ptq_layers import convert_to_ptq, set_act_quant
+from .reconstruction import capture, reconstruct_acts, reconstruct_weights, reconstruction_units
+
+log = logging.getLogger("mpq")
+
+DEFAULTS = {
+    "calib_images": 1024,      # training images, evaluation transform
+    "batch_size": 32,          # reconstruction batch, sampled from the cache
+    "iters_w": 20000,          # AdaRound iterations per unit
+    "iters_a": 5000,           # activation-step iterations per unit
+    "lr_w": 1e-3,
+    "lr_a": 4e-4,
+    "round_lambda": 0.01,      # weight of the rounding regulariser
+    "warmup": 0.2,             # fraction of iters_w without the regulariser
+    "beta_range": [20.0, 2.0],
+    "p_a": 2.4,                # Lp norm of the activation stage
+    "act_init_images": 64,     # images for the activation MSE init
+    "weight_grid": "affine",   # affine | signed
+    "loss": "mse",
+}
+# Keys every finetune recipe carries (the config schema fills the QAT defaults in): not PTQ settings.
+IGNORED = ("method", "epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+           "warmup_epochs", "min_lr", "label_smoothing", "bn_recalibration_images")
+
+
+def ptq_settings(recipe: dict | None) -> dict:
+    """Defaults overlaid with a recipe; unknown keys are errors (they are usually typos)."""
+    recipe = {k: v for k, v in (recipe or {}).items() if k not in IGNORED}
+    unknown = sorted(set(recipe) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown ptq setting(s) {unknown}; known: {', '.join(DEFAULTS)}")
+    cfg = {**DEFAULTS, **recipe}
+    if cfg["loss"] != "mse":
+        raise ValueError(f"ptq loss {cfg['loss']!r} is not supported; use 'mse' (Fisher weighting is not implemented)")
+    if int(cfg["calib_images"]) < 1 or int(cfg["batch_size"]) < 1 or int(cfg["iters_w"]) < 0 \
+            or int(cfg["iters_a"]) < 0:
+        raise ValueError("ptq calib_images and batch_size must be >= 1, iters_w and iters_a >= 0")
+    return cfg
+
+
+def prepare_ptq_model(model: nn.Module, policy, grid: str = "affine", init_ranges: bool = True) -> nn.Module:
+    """Fold BN and swap in PTQ layers at the policy's bits (in place)."""
+    fold_batchnorm(model, policy.image_size)
+    convert_to_ptq(model, policy, grid=grid, init_ranges=init_ranges)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def ptq_quantize(fp32: nn.Module, policy, images: torch.Tensor, recipe: dict | None = None, *,
+                 seed: int = 0) -> tuple[nn.Module, dict]:
+    """A quantised copy of `fp32` (left unchanged) calibrated on `images`; returns (model, metrics)."""
+    cfg = ptq_settings(recipe)
+    started = time.perf_counter()
+    device = next(fp32.parameters()).device
+    images = images.to(device)
+    reference = fold_batchnorm(copy.deepcopy(fp32).eval(), policy.image_size).requires_grad_(False)
+    model = prepare_ptq_model(copy.deepcopy(fp32), policy, cfg["weight_grid"])
+    generator = torch.Generator().manual_seed(int(seed))
+    batch, units = int(cfg["batch_size"]), reconstruction_units(model)
+    stats = {name: {} for name in units}
+
+    set_act_quant(model, False)
+    for name in units:
+        inputs, _ = capture(model, name, images, 256)
+        _, targets = capture(reference, name, images, 256)
+        stats[name].update(reconstruct_weights(
+            model.get_submodule(name), inputs, targets, iters=int(cfg["iters_w"]), batch_size=batch,
+            lr=float(cfg["lr_w"]), round_lambda=float(cfg["round_lambda"]), warmup=float(cfg["warmup"]),
+            beta_range=tuple(cfg["beta_range"]), generator=generator))
+    log.info("ptq: weights reconstructed in %.1fs", time.perf_counter() - started)
+
+    set_act_quant(model, True)
+    with torch.no_grad():
+        model(images[:int(cfg["act_init_images"])])
+    for name in units:
+        inputs, targets = capture(reference, name, images, 256)
+        stats[name].update(reconstruct_acts(
+            model.get_submodule(name), inputs, targets, iters=int(cfg["iters_a"]), batch_size=batch,
+            lr=float(cfg["lr_a"]), p=float(cfg["p_a"]), generator=generator))
+    seconds = time.perf_counter() - started
+    log.info("ptq: done in %.1fs on %d calibration images", seconds, len(images))
+    return model, {"calib_images": len(images), "units": stats, "seconds": round(seconds, 3),
+                   "settings": cfg}

@@ -1,0 +1,35 @@
+"""PTQ checkpoints (kind 'ptq'): integer weights, scales, zero-points, activation steps, policy.
+
+A PTQ model has folded BN and its own layers, so it cannot be rebuilt by the LSQ path; loading
+re-creates that structure from the arch and the policy, then loads the saved state.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .. import models
+from ..build import load_state
+from ..policy import Policy
+from ..train.checkpoint import load_checkpoint, save_checkpoint
+from .ptq import prepare_ptq_model, ptq_settings
+from .ptq_layers import set_act_quant
+
+KIND = "ptq"
+
+
+def save_ptq_model(path, model: nn.Module, policy: Policy, *, config: dict, metrics: dict | None = None,
+                   recipe: dict | None = None) -> None:
+    save_checkpoint(path, state_dict=model.state_dict(), arch=policy.arch, num_classes=policy.num_classes,
+                    kind=KIND, config=config, metrics=metrics, policy=policy.to_dict(),
+                    ptq=ptq_settings(recipe))
+
+
+def load_ptq_model(path) -> tuple[nn.Module, Policy, dict]:
+    """(model ready for evaluation, its policy, the checkpoint dict)."""
+    ckpt = load_checkpoint(path, kind=KIND)
+    policy = Policy.from_dict(ckpt["policy"], source=str(path))
+    model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
+    prepare_ptq_model(model, policy, ckpt.get("ptq", {}).get("weight_grid", "affine"), init_ranges=False)
+    load_state(model, ckpt["state_dict"], str(path))
+    set_act_quant(model, True)
+    return model, policy, ckpt

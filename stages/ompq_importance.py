@@ -1,0 +1,33 @@
+"""Stage: OMPQ orthogonality of the FP32 model's units. Writes ompq/importance.pkl."""
+import logging
+
+from mpq.build import fp32_model
+from mpq.data.calibration import calibration_images
+from mpq.importance.ompq import compute_ompq_importance, write_ompq_importance
+from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
+from mpq.stage_common import load_data
+
+log = logging.getLogger("mpq")
+
+
+def main():
+    ap = stage_parser(__doc__, "seed, device, dataset, model, ompq (samples, augment)")
+    ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
+    ap.add_argument("--out", required=True, help="importance.pkl (OMPQ format)")
+    args = ap.parse_args()
+    spec = begin_stage(args)
+    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
+    model, _ = fp32_model(args.fp32, arch, num_classes)
+    cfg = spec.get("ompq", {})
+    data = load_data(spec)
+    images = calibration_images(data.train, int(cfg.get("samples", 32)), int(spec.get("seed", 0)),
+                                augment=bool(cfg.get("augment", False)))
+    device = resolve_device(spec["device"])
+    importance = compute_ompq_importance(model.to(device), images.to(device), mode="ptq")
+    write_ompq_importance(args.out, importance)
+    log.info("ompq: %d units from %d images; gamma %s", len(importance.units), importance.samples,
+             " ".join(f"{g:.3f}" for g in importance.gamma))
+
+
+if __name__ == "__main__":
+    run_stage(main)

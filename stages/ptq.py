@@ -1,0 +1,31 @@
+"""Stage: post-training quantisation of the FP32 model to a policy (AdaRound + block reconstruction)."""
+from mpq.build import fp32_model
+from mpq.data.calibration import calibration_images
+from mpq.policy import Policy
+from mpq.quant.ptq import ptq_quantize, ptq_settings
+from mpq.quant.ptq_model import save_ptq_model
+from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
+from mpq.stage_common import check_policy_fits, load_data
+
+
+def main():
+    ap = stage_parser(__doc__, "seed, device, dataset, model, quant, recipe_name, recipe")
+    ap.add_argument("--policy", required=True, help="policy.yaml from the search stage")
+    ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
+    ap.add_argument("--out", required=True, help="quantized model.pt (kind 'ptq')")
+    args = ap.parse_args()
+    spec = begin_stage(args)
+    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
+    policy = Policy.load(args.policy)
+    check_policy_fits(policy, spec, args.policy)
+    recipe = ptq_settings(spec["recipe"])
+    model, _ = fp32_model(args.fp32, arch, num_classes)
+    seed = int(spec.get("seed", 0))
+    images = calibration_images(load_data(spec).train, recipe["calib_images"], seed)
+    device = resolve_device(spec["device"])
+    model, metrics = ptq_quantize(model.to(device), policy, images, recipe, seed=seed)
+    save_ptq_model(args.out, model, policy, config=spec, metrics=metrics, recipe=recipe)
+
+
+if __name__ == "__main__":
+    run_stage(main)

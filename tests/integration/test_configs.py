@@ -1,0 +1,39 @@
+"""The shipped GPU configs (CIFAR-10, ImageNet) pass the schema and dry-run without touching data."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet"])
+def test_config_validates_against_the_schema(name):
+    import jsonschema
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+    jsonschema.validate(config, schema)
+    assert config["dataset"]["root"] and not Path(config["dataset"]["root"]).is_absolute()
+
+
+@pytest.mark.parametrize("name,arch,loader", [("cifar10", "resnet20", "auto"), ("imagenet", "resnet18", "dali")])
+def test_config_dry_runs(tmp_path, name, arch, loader):
+    """A dry run in an empty directory: the dataset root does not exist, so nothing reads data."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "-n", "-p", "--replace-workflow-config", "--configfile",
+                           str(REPO / "config" / f"{name}.yaml")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+    table = proc.stdout.split("Job stats:", 1)[1]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M))
+    assert int(jobs["evaluate"]) == len(config["policies"]) and int(jobs["pretrain"]) == 1
+    assert f'"arch":"{arch}"' in proc.stdout and f'"loader":"{loader}"' in proc.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+    if name == "imagenet":   # 4 GPUs per training job: launched under torchrun
+        assert "torch.distributed.run --standalone --nproc_per_node=4" in proc.stdout

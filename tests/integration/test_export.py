@@ -1,0 +1,128 @@
+"""Export of a finetuned model: npz + JSON reproduces the fake-quantized weights, and the ONNX
+graph (QuantizeLinear/DequantizeLinear) run by onnxruntime matches PyTorch on the digits test split."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from mpq import models
+from mpq.build import quantize_for_policy, quantized_model
+from mpq.cli import main
+from mpq.cost import CostModel
+from mpq.data import build_data, make_loader
+from mpq.export import dequantized_weights, onnx_session, read_export
+from mpq.policy import Policy
+from mpq.train import evaluate, save_checkpoint
+from mpq.train.fp32 import pretrain
+from mpq.train.qat import finetune
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.integration
+
+DATASET = {"name": "digits", "image_size": 16, "batch_size": 128}
+# every weight storage (int8, int4, float fake-quant) and activation storage (uint8, uint4, clip + uint8)
+W_BITS = [8, 4, 3, 2, 6, 5]
+A_BITS = [4, 8, 5, 3, 4, 7]
+
+
+def make_checkpoint(path, data, recipe, *, pretrain_epochs=3):
+    torch.manual_seed(0)
+    model = models.create("resnet8", num_classes=10)
+    pretrain(model, data, {"epochs": pretrain_epochs, "lr": 0.1, "weight_decay": 5e-4}, "cpu",
+             batch_size=128, seed=0, workers=0)
+    cost = CostModel.from_model(models.create("resnet8", num_classes=10), 16)
+    policy = Policy("resnet8", 10, 16, cost.names, W_BITS, A_BITS)
+    quant = {"candidates": [8, 6, 5, 4, 3, 2]}
+    quantize_for_policy(model, policy, quant, recipe)
+    finetune(model, data, recipe, "cpu", batch_size=128, seed=0, workers=0)
+    save_checkpoint(path, state_dict=model.state_dict(), arch="resnet8", num_classes=10, kind="quantized",
+                    config={}, policy=policy.to_dict(cost), quant=quant, recipe=recipe)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_data(DATASET)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("export")
+    make_checkpoint(d / "model.pt", data, {"epochs": 1, "lr": 0.01, "weight_decay": 5e-4})
+    main(["export", str(d / "model.pt"), "--out", str(d / "out"), "--onnx"])   # returns on success
+    return d
+
+
+def test_npz_round_trip_equals_fake_quantized_weights(exported):
+    model, _, _ = quantized_model(exported / "model.pt")
+    model.eval()
+    manifest, arrays = read_export(exported / "out")
+    weights = dequantized_weights(manifest, arrays)
+    layers = {name: m for name, m in model.named_modules() if hasattr(m, "quan_w")}
+    assert list(weights) == list(layers)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            np.testing.assert_array_equal(weights[name], layer.quan_w(layer.weight).numpy(), err_msg=name)
+    entries = {e["name"]: e for e in manifest["layers"]}
+    assert [entries[n]["weight"]["bits"] for n in model.mpq_searchable] == W_BITS
+    assert [entries[n]["act"]["bits"] for n in model.mpq_searchable] == A_BITS
+    assert entries["conv1"]["act"] is None and entries["fc"]["act"]["bits"] == 8
+    for entry in manifest["layers"]:
+        codes = arrays[entry["weight"]["int"]]
+        assert codes.dtype == np.int8
+        assert entry["weight"]["qmin"] <= codes.min() and codes.max() <= entry["weight"]["qmax"]
+    bn = [k for k in manifest["tensors"]["float_keys"] if k.endswith("running_var")]
+    assert bn and all(f"float/{k}" in arrays for k in bn)
+
+
+def test_onnx_matches_pytorch_on_digits(exported, data):
+    import onnx
+
+    proto = onnx.load(str(exported / "out" / "model.onnx"))
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["QuantizeLinear"] == 7 and ops["DequantizeLinear"] >= 7 + 3   # acts + int8/int4 weights
+    assert not [n for n in proto.graph.node if n.domain == "mpq"]
+    storage = {r["name"]: r for r in json.loads({p.key: p.value for p in proto.metadata_props}["mpq.layers"])}
+    assert storage["layer1.0.conv2"]["weight_storage"] == "int4"
+    assert storage["layer1.0.conv1"]["act_storage"] == "uint4"
+    assert storage["layer2.0.conv1"]["weight_storage"] == "float_fake_quant"
+    assert storage["layer2.0.conv1"]["act_storage"] == "clip+uint8"
+
+    model, _, _ = quantized_model(exported / "model.pt")
+    torch_top1 = evaluate(model, make_loader(data.test, 256, train=False), "cpu")["top1"]
+    session = onnx_session(exported / "out" / "model.onnx")
+    correct = total = agree = close = 0
+    model.eval()
+    for x, y in make_loader(data.test, 256, train=False):
+        logits = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            ref = model(x).numpy()
+        correct += int((logits.argmax(1) == y.numpy()).sum())
+        agree += int((logits.argmax(1) == ref.argmax(1)).sum())
+        total += len(y)
+        # a value sitting on a rounding boundary may land on the neighbouring level (float order of
+        # operations differs); such flips are rare, so nearly every image must match closely
+        close += int((np.abs(logits - ref).max(1) <= 1e-4 * max(1.0, np.abs(ref).max())).sum())
+    onnx_top1 = 100.0 * correct / total
+    print(f"top-1 PyTorch {torch_top1:.2f} ONNX {onnx_top1:.2f} argmax agreement {100.0 * agree / total:.2f}% "
+          f"logits equal {100.0 * close / total:.2f}%")
+    assert close >= 0.97 * total and agree >= 0.99 * total
+    assert torch_top1 > 30, "the model did not learn; the comparison would be vacuous"
+    assert abs(onnx_top1 - torch_top1) <= 0.5
+
+
+def test_n2uq_and_ptq_models_are_refused(tmp_path, data, capsys):
+    recipe = {"epochs": 0, "lr": 0.01, "method": "n2uq"}
+    make_checkpoint(tmp_path / "n2uq.pt", data, recipe, pretrain_epochs=0)
+    with pytest.raises(SystemExit) as done:
+        main(["export", str(tmp_path / "n2uq.pt"), "--out", str(tmp_path / "out"), "--onnx"])
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and "N2UQ" in err, err
+    assert not (tmp_path / "out").exists()
+    save_checkpoint(tmp_path / "ptq.pt", state_dict={}, arch="resnet8", num_classes=10, kind="ptq", config={})
+    with pytest.raises(SystemExit) as done:
+        main(["export", str(tmp_path / "ptq.pt"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and "PTQ" in err, err

@@ -1,0 +1,80 @@
+"""The fused LSQ Function against the reference graph (lsq_fake_quant + scale_grad)."""
+import pytest
+import torch
+
+from mpq.quant import LsqQuantizer, int_range, lsq_fake_quant, scale_grad
+from mpq.quant.lsq import lsq_fake_quant_fused
+
+
+def _run(fn, x, step):
+    torch.manual_seed(0)
+    x = x.clone().requires_grad_(True)
+    step = step.clone().requires_grad_(True)
+    out = fn(x, step)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    return out.detach(), x.grad, step.grad
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("g", [1.0, 0.013])
+@pytest.mark.parametrize("bits,signed", [(2, True), (4, True), (3, False), (8, False)])
+def test_fused_matches_reference_values_and_grads(per_channel, g, bits, signed):
+    torch.manual_seed(bits * 7 + int(per_channel))
+    qn, qp = int_range(bits, signed)
+    x = torch.randn(6, 5, 4, 4) * 1.5
+    if not signed:
+        x = x.abs()
+    step = torch.rand(6, 1, 1, 1) * 0.3 + 0.05 if per_channel else torch.tensor(0.21)
+
+    def reference(xi, si):
+        return lsq_fake_quant(xi, scale_grad(si, g) if g != 1.0 else si, qn, qp)
+
+    def fused(xi, si):
+        return lsq_fake_quant_fused(xi, si, qn, qp, g)
+
+    ref = _run(reference, x, step)
+    got = _run(fused, x, step)
+    assert torch.equal(got[0], ref[0])
+    assert torch.allclose(got[1], ref[1], atol=1e-6)
+    assert got[2].shape == step.shape
+    assert torch.allclose(got[2], ref[2], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_handles_exact_range_edges_like_reference():
+    """u exactly at Qn or Qp counts as outside (the clamp's backward mask is strict)."""
+    qn, qp = int_range(3, True)
+    x = torch.tensor([-2.0, -1.0, 1.5, 3.0, 0.3])   # u = Qn, inside, Qp, above, inside
+    step = torch.tensor(0.5)
+    ref = _run(lambda a, s: lsq_fake_quant(a, s, qn, qp), x, step)
+    got = _run(lambda a, s: lsq_fake_quant_fused(a, s, qn, qp), x, step)
+    assert torch.equal(got[0], ref[0])
+    assert torch.equal(got[1], ref[1])
+    assert (got[1][[0, 2, 3]] == 0).all(), "no x-gradient at or beyond the range edges"
+    assert torch.allclose(got[2], ref[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,per_channel", [("act", False), ("weight", False), ("weight", True)])
+def test_quantizer_flag_selects_same_result(kind, per_channel):
+    torch.manual_seed(3)
+    x = torch.randn(8, 3, 5, 5)
+    if kind == "act":
+        x = x.relu()
+    results = []
+    for fused in (True, False):
+        q = LsqQuantizer([4], kind, signed=kind == "weight", per_channel=per_channel, channels=8,
+                         fused=fused)
+        if kind == "weight":
+            q.init_weight_steps(x)
+        xi = x.clone().requires_grad_(True)
+        out = q(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, q.step.grad))
+    (o1, gx1, gs1), (o2, gx2, gs2) = results
+    assert torch.equal(o1, o2)
+    assert torch.allclose(gx1, gx2, atol=1e-6)
+    assert torch.allclose(gs1, gs2, rtol=1e-4, atol=1e-7)
+
+
+def test_quantizer_defaults_to_fused():
+    assert LsqQuantizer([4], "act", signed=False).fused
