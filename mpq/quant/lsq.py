@@ -83,24 +83,44 @@ def _use_compiled(x: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
+def _eager_forward(x, step, qn, qp):
+    """Forward that also returns what the backward needs, so the backward is two products.
+
+    inside: u strictly within (Qn, Qp); ds: round(u) - u inside, Qn or Qp outside. Saving them
+    (1 + 4 bytes per element instead of x's 4) halves the element-wise passes of a step on
+    CPU, where nothing fuses them; CUDA takes the compiled path instead.
+    """
+    u = x / step
+    clamped = torch.clamp(u, qn, qp)
+    q = clamped.round()
+    inside = (u > qn) & (u < qp)
+    ds = torch.where(inside, q - u, q)
+    return q * step, inside, ds
+
+
 class _FusedLsq(torch.autograd.Function):
-    """LSQ forward and its closed-form backward in one Function: only x and s are saved."""
+    """LSQ forward and its closed-form backward in one Function."""
 
     @staticmethod
     def forward(ctx, x, step, qn, qp, g):
-        ctx.save_for_backward(x, step)
         ctx.qn, ctx.qp, ctx.g = qn, qp, g
-        if _use_compiled(x):
+        ctx.compiled = _use_compiled(x)
+        if ctx.compiled:   # one generated kernel each way; only x and s are saved
+            ctx.save_for_backward(x, step)
             return _compiled_forward(x, step, _bound(qn, x), _bound(qp, x))
-        return _fused_forward(x, step, qn, qp)
+        out, inside, ds = _eager_forward(x, step, qn, qp)
+        ctx.save_for_backward(inside, ds, step)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, step = ctx.saved_tensors
-        if _use_compiled(x):
+        if ctx.compiled:
+            x, step = ctx.saved_tensors
             grad_x, grad_s = _compiled_backward(grad, x, step, _bound(ctx.qn, x), _bound(ctx.qp, x))
         else:
-            grad_x, grad_s = _fused_backward(grad, x, step, ctx.qn, ctx.qp)
+            inside, ds, step = ctx.saved_tensors
+            grad_x = grad * inside
+            grad_s = (grad * ds).float().sum_to_size(step.shape)
         if ctx.g != 1.0:
             grad_s = grad_s * ctx.g
         return grad_x, grad_s.to(step.dtype), None, None, None

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("name", ["cifar10", "imagenet"])
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "recipes"])
 def test_config_validates_against_the_schema(name):
     import jsonschema
 

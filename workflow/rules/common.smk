@@ -124,7 +124,11 @@ def recipe_of(policy_name):
     """(name, recipe dict) of a policy's finetune; 'none' means no training at all."""
     name = POLICIES[policy_name].get("finetune", "none")
     if name == "none":
-        return name, {"method": "none", "epochs": 0}
+        recipe = {"method": "none", "epochs": 0}
+        rfquant = config["importance"]["rfquant"]
+        if POLICIES[policy_name].get("importance") == "rfquant" and "bn_calibration_images" in rfquant:
+            recipe["bn_recalibration_images"] = rfquant["bn_calibration_images"]   # the subnet's BN
+        return name, recipe
     return name, config["finetune"][name]
 
 
