@@ -83,19 +83,31 @@ def _use_compiled(x: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
-def _eager_forward(x, step, qn, qp):
-    """Forward that also returns what the backward needs, so the backward is two products.
+_hardtanh_backward = torch.ops.aten.hardtanh_backward
 
-    inside: u strictly within (Qn, Qp); ds: round(u) - u inside, Qn or Qp outside. Saving them
-    (1 + 4 bytes per element instead of x's 4) halves the element-wise passes of a step on
-    CPU, where nothing fuses them; CUDA takes the compiled path instead.
+
+def _eager_forward(x, step, qn, qp):
+    """Forward in two fresh tensors: u = x / s (saved for the backward) and the output.
+
+    Eager CPU pays for every element-wise pass and, more, for every fresh tensor (page faults on
+    large allocations) and for boolean masks (where/masked_fill/bool-mul run several times slower
+    than float arithmetic). So no mask is built: the backward derives it from u with
+    hardtanh_backward, whose "strictly inside (lo, hi)" rule is exactly LSQ's.
     """
     u = x / step
-    clamped = torch.clamp(u, qn, qp)
-    q = clamped.round()
-    inside = (u > qn) & (u < qp)
-    ds = torch.where(inside, q - u, q)
-    return q * step, inside, ds
+    out = torch.clamp(u, qn, qp).round_().mul_(step)
+    return out, u
+
+
+def _eager_backward(grad, u, step, qn, qp):
+    """grad_x = grad inside (Qn, Qp), else 0. ds = round(c) - [c if inside] with c = clamp(u):
+    round(u) - u inside and Qn / Qp outside, the LSQ step gradient."""
+    grad_x = _hardtanh_backward(grad, u, qn, qp)
+    c = torch.clamp(u, qn, qp)
+    ds = _hardtanh_backward(c, u, qn, qp)
+    ds = torch.sub(c.round_(), ds, out=ds).mul_(grad)
+    grad_s = ds.sum(dtype=torch.float32) if step.dim() == 0 else ds.float().sum_to_size(step.shape)
+    return grad_x, grad_s
 
 
 class _FusedLsq(torch.autograd.Function):
@@ -108,8 +120,8 @@ class _FusedLsq(torch.autograd.Function):
         if ctx.compiled:   # one generated kernel each way; only x and s are saved
             ctx.save_for_backward(x, step)
             return _compiled_forward(x, step, _bound(qn, x), _bound(qp, x))
-        out, inside, ds = _eager_forward(x, step, qn, qp)
-        ctx.save_for_backward(inside, ds, step)
+        out, u = _eager_forward(x, step, qn, qp)
+        ctx.save_for_backward(u, step)
         return out
 
     @staticmethod
@@ -118,9 +130,8 @@ class _FusedLsq(torch.autograd.Function):
             x, step = ctx.saved_tensors
             grad_x, grad_s = _compiled_backward(grad, x, step, _bound(ctx.qn, x), _bound(ctx.qp, x))
         else:
-            inside, ds, step = ctx.saved_tensors
-            grad_x = grad * inside
-            grad_s = (grad * ds).float().sum_to_size(step.shape)
+            u, step = ctx.saved_tensors
+            grad_x, grad_s = _eager_backward(grad, u, step, ctx.qn, ctx.qp)
         if ctx.g != 1.0:
             grad_s = grad_s * ctx.g
         return grad_x, grad_s.to(step.dtype), None, None, None
@@ -179,6 +190,24 @@ class LsqQuantizer(nn.Module):
         self.register_buffer("candidates", torch.tensor(cands, dtype=torch.long))
         self.register_buffer("init_state", torch.zeros(len(cands), dtype=torch.uint8))
         self.bits: int | None = cands[0]
+        # Python mirrors of the two buffers: reading a CUDA buffer in forward would stall the
+        # GPU once per quantizer per step. Refreshed whenever a state dict is loaded.
+        self._cands: list[int] = cands
+        self._ready: set[int] = set()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._cands = [int(b) for b in self.candidates.tolist()]
+        self._ready = set()
+
+    def is_initialised(self, index: int) -> bool:
+        """Whether the step at candidate `index` has been initialised (cached once true)."""
+        if index in self._ready:
+            return True
+        if bool(self.init_state[index]):
+            self._ready.add(index)
+            return True
+        return False
 
     def config(self) -> dict:
         """Constructor arguments that rebuild an equivalent quantizer (for subclasses and copies)."""
@@ -190,10 +219,10 @@ class LsqQuantizer(nn.Module):
     # --- bit selection -------------------------------------------------------------------------
     @property
     def candidate_list(self) -> list[int]:
-        return [int(b) for b in self.candidates.tolist()]
+        return list(self._cands)
 
     def index_of(self, bits: int) -> int:
-        cands = self.candidate_list
+        cands = self._cands
         if bits not in cands:
             raise ValueError(f"{bits}-bit is not a candidate of this quantizer (candidates {cands})")
         return cands.index(bits)
@@ -226,6 +255,7 @@ class LsqQuantizer(nn.Module):
         for i, b in enumerate(self.candidate_list):
             self.step[i].copy_(spread / 2 ** (b - 1))
             self.init_state[i] = 1
+            self._ready.add(i)
 
     def check_input_sign(self, x: torch.Tensor) -> None:
         """An unsigned activation quantizer must never see a negative input at initialisation."""
@@ -246,6 +276,7 @@ class LsqQuantizer(nn.Module):
             value /= dist.get_world_size()
         self.step[index].fill_(max(value.item(), 1e-8))
         self.init_state[index] = 1
+        self._ready.add(index)
 
     # --- forward -------------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, float]:
@@ -253,7 +284,7 @@ class LsqQuantizer(nn.Module):
         initialising the step first if needed."""
         bits = self.bits
         index = self.index_of(bits)
-        if not self.init_state[index]:
+        if not self.is_initialised(index):
             if self.kind == "weight":
                 self.init_weight_steps(x)
             elif self.training:

@@ -76,6 +76,13 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
                             f"or check the input data")
 
 
+# The epoch loop keeps its sums on the device and looks at them every SYNC_EVERY steps: a
+# `.item()` per step stalls a CUDA stream until the step is done, so the host could not queue the
+# next one. A non-finite loss is still caught within SYNC_EVERY steps and always before the epoch
+# returns, i.e. before anything is written (the stage then keeps its last good checkpoint).
+SYNC_EVERY = 50
+
+
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device,
                 step: Callable | None = None, label_smoothing: float = 0.0, where: str = "training") -> dict:
     """One epoch. `step(model, x, y) -> (loss, logits)` runs the forward/backward passes itself
@@ -88,25 +95,32 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     model.train()
     prepare_model(model, device)
     forward = _ddp(model, device) if step is None else model
-    total, correct, loss_sum = 0, 0, 0.0
-    for x, y in loader:
+    total, correct, loss_sum = 0, None, None
+    for i, (x, y) in enumerate(loader, 1):
         x, y = prepare_input(x, device), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device):
             if step is None:
                 logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-                check_finite(loss, where)
                 loss.backward()
             else:
                 loss, logits = step(model, x, y)
-                check_finite(loss, where)
                 distributed.average_gradients(model)
         optimizer.step()
         n = y.numel()
         total += n
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        batch_loss = loss.detach().float() * n
+        batch_correct = (logits.detach().argmax(1) == y).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
+        if i % SYNC_EVERY == 0:
+            check_finite(loss_sum, where)
+    if loss_sum is None:
+        loss_sum, correct = 0.0, 0
+    else:
+        check_finite(loss_sum, where)
+        loss_sum, correct = loss_sum.item(), int(correct.item())
     if distributed.is_initialized():
         total, loss_sum, correct = distributed.all_reduce_sum([total, loss_sum, correct])
         distributed.broadcast_state(model)
@@ -123,18 +137,18 @@ def evaluate(model: nn.Module, loader: Iterable, device) -> dict:
     model = unwrap(model)
     model.eval()
     prepare_model(model, device)
-    total, top1, top5, loss_sum = 0, 0, 0, 0.0
+    total, sums = 0, torch.zeros(3, dtype=torch.float64, device=device)   # loss, top-1, top-5
     for x, y in loader:
         x, y = prepare_input(x, device), y.to(device, non_blocking=True)
         with autocast(device):
             logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices
-        hit = pred == y[:, None]
-        top1 += hit[:, 0].sum().item()
-        top5 += hit.any(1).sum().item()
+        hit = logits.topk(k, dim=1).indices == y[:, None]
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                             hit[:, 0].sum().double(), hit.any(1).sum().double()])
         total += y.numel()
+    loss_sum, top1, top5 = sums.tolist()
+    top1, top5 = int(round(top1)), int(round(top5))
     if getattr(loader, "sharded", False) and distributed.is_initialized():
         total, top1, top5, loss_sum = distributed.all_reduce_sum([total, top1, top5, loss_sum])
         total, top1, top5 = int(total), int(top1), int(top5)

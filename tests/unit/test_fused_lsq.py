@@ -1,8 +1,11 @@
 """The fused LSQ Function against the reference graph (lsq_fake_quant + scale_grad)."""
+import shutil
+
 import pytest
 import torch
 
 from mpq.quant import LsqQuantizer, int_range, lsq_fake_quant, scale_grad
+from mpq.quant import lsq
 from mpq.quant.lsq import lsq_fake_quant_fused
 
 
@@ -78,3 +81,43 @@ def test_quantizer_flag_selects_same_result(kind, per_channel):
 
 def test_quantizer_defaults_to_fused():
     assert LsqQuantizer([4], "act", signed=False).fused
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_compiled_path_matches_reference(monkeypatch, per_channel):
+    """The torch.compile'd kernels that CUDA uses, generated for CPU here (same graph, same
+    dynamic shapes and tensor bounds): values and gradients equal the reference formulation,
+    across two shapes and two bit-widths through one compiled graph."""
+    monkeypatch.setattr(lsq, "_use_compiled", lambda x: True)
+    for shape, bits in (((6, 5, 4, 4), 4), ((6, 3, 7, 2), 2)):
+        torch.manual_seed(bits)
+        qn, qp = int_range(bits, True)
+        x = torch.randn(*shape) * 1.5
+        step = torch.rand(6, 1, 1, 1) * 0.3 + 0.05 if per_channel else torch.tensor(0.21)
+        ref = _run(lambda a, s: lsq_fake_quant(a, scale_grad(s, 0.05), qn, qp), x, step)
+        got = _run(lambda a, s: lsq_fake_quant_fused(a, s, qn, qp, 0.05), x, step)
+        assert torch.allclose(got[0], ref[0], atol=1e-6)
+        assert torch.allclose(got[1], ref[1], atol=1e-6)
+        assert got[2].shape == step.shape
+        assert torch.allclose(got[2], ref[2], rtol=1e-4, atol=1e-6)
+
+
+def test_quantizer_reads_no_buffer_in_forward_once_initialised(monkeypatch):
+    """After the first step, forward decides bit index and initialisation from Python state, so
+    a CUDA model is never stalled by a device-to-host read per quantizer; loading a state dict
+    refreshes that state from the buffers."""
+    q = LsqQuantizer([4, 2], "act", signed=False).train()
+    x = torch.rand(4, 3, 5, 5)
+    q(x)
+    monkeypatch.setattr(LsqQuantizer, "__getattr__", lambda self, name: pytest.fail(
+        f"forward read the buffer/parameter lookup {name!r}") if name in ("init_state", "candidates")
+        else torch.nn.Module.__getattr__(self, name))
+    q(x)
+    monkeypatch.undo()
+    fresh = LsqQuantizer([4, 2], "act", signed=False).eval()
+    with pytest.raises(RuntimeError, match="before initialisation"):
+        fresh(x)
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh(x), q.eval()(x))
