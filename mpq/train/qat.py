@@ -130,22 +130,25 @@ def build_finetune_optimizer(model: nn.Module, recipe: dict):
     return JointOptimizer(weights, quant)
 
 
-def _range_init(recipe: dict, oscillation: OscillationOptions) -> str:
-    choice = recipe.get("range_init", "auto")
+def _recipe_choice(recipe: dict, key: str, auto: str, allowed: tuple[str, ...]) -> str:
+    """recipe[key], with "auto" (the default) resolved to `auto`; anything else is refused."""
+    choice = recipe.get(key, "auto")
     if choice == "auto":
-        return "mse" if oscillation.mode != "none" else "lsq"
-    if choice not in ("mse", "lsq"):
-        raise ValueError(f"range_init {choice!r} is unknown; use auto, mse or lsq")
+        return auto
+    if choice not in allowed:
+        raise ValueError(f"{key} {choice!r} is unknown; use auto, {', '.join(allowed)}")
     return choice
+
+
+def _range_init(recipe: dict, oscillation: OscillationOptions) -> str:
+    return _recipe_choice(recipe, "range_init", "mse" if oscillation.mode != "none" else "lsq",
+                          ("mse", "lsq"))
 
 
 def _bn_procedure(recipe: dict, oscillation: OscillationOptions) -> str:
-    choice = recipe.get("bn_recalibration", "auto")
-    if choice == "auto":
-        return "batch_mean" if oscillation.mode != "none" else "cumulative"
-    if choice not in ("batch_mean", "cumulative"):
-        raise ValueError(f"bn_recalibration {choice!r} is unknown; use auto, batch_mean or cumulative")
-    return choice
+    return _recipe_choice(recipe, "bn_recalibration",
+                          "batch_mean" if oscillation.mode != "none" else "cumulative",
+                          ("batch_mean", "cumulative"))
 
 
 def reestimate_bn(model: nn.Module, recipe: dict, loader, device, batch_size: int) -> int:

@@ -70,15 +70,6 @@ SPOT_CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards: with 2 cores shared by other jobs, more threads only spin and wait."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def zoo():
     """Each reference model built and traced once: key -> (model, CostModel)."""

@@ -21,15 +21,6 @@ ZOO_VARIANTS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards: with 2 cores shared by other jobs, more threads only spin and wait."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @functools.lru_cache(maxsize=None)
 def _shared(name: str, shortcut: str | None = None) -> nn.Module:
     """One instance per variant for tests that only read it (torchvision init is slow)."""
