@@ -26,6 +26,8 @@ _MAX_SEED = 2**62
 _KEPT_LOADERS = 4   # DataLoaders with live workers kept for reuse across epochs
 _AUG_STREAM = 7_919  # per-rank augmentation stream of the in-memory loader when sharded
 LOADER_CHOICES = ("auto", "torch", "gpu", "dali")
+# auto holds an ImageFolder decoded in memory only up to this many bytes of uint8 pixels.
+RESIDENT_LIMIT_BYTES = 8 * 2**30
 # Process-wide defaults set once by the stage runtime from the config (device, dataset.loader).
 _DEFAULTS = {"kind": "auto", "device": torch.device("cpu")}
 
@@ -45,23 +47,33 @@ def choose(dataset, kind: str, device: torch.device) -> str:
     """The loader that serves `dataset`: 'torch', 'gpu' or 'dali'.
 
     auto: dali for ImageFolder data on CUDA when DALI imports, gpu for in-memory (and small
-    CIFAR-style ImageFolder) data on CUDA, torch otherwise.
+    CIFAR-style ImageFolder) data on CUDA, torch otherwise; on CPU, gpu (the images decoded once
+    into host memory) for a small CIFAR-style ImageFolder, torch otherwise. That is the fastest
+    each time: decoding 50,000 CIFAR JPEGs once costs less than one epoch of a DataLoader whose
+    workers decode every image again and take cores from the training (bench/RESULTS.md, 41x).
     """
     from . import dali_loader, device_loader
 
     if kind not in LOADER_CHOICES:
         raise ValueError(f"dataset.loader: unknown loader {kind!r}; choose one of {', '.join(LOADER_CHOICES)}")
     if kind == "auto":
+        folder = isinstance(dataset, FolderDataset)
+        small_folder = folder and device_loader.supports(dataset) \
+            and _decoded_bytes(dataset) <= RESIDENT_LIMIT_BYTES
         if device.type != "cuda":
-            return "torch"
-        if isinstance(dataset, FolderDataset) and dali_loader.supports(dataset) and dali_loader.available():
+            return "gpu" if small_folder else "torch"
+        if folder and dali_loader.supports(dataset) and dali_loader.available():
             return "dali"
-        return "gpu" if device_loader.supports(dataset) else "torch"
+        return "gpu" if small_folder or isinstance(dataset, TensorImageDataset) else "torch"
     if kind == "dali" and isinstance(dataset, TensorImageDataset):
         return "gpu" if device.type == "cuda" else "torch"   # nothing to decode: in-memory data
     if kind in ("gpu", "dali") and not isinstance(dataset, (FolderDataset, TensorImageDataset)):
         return "torch"   # a generic map-style dataset (e.g. a Subset): only a DataLoader can read it
     return kind
+
+
+def _decoded_bytes(dataset: FolderDataset) -> int:
+    return len(dataset) * 3 * int(dataset.image_size) ** 2
 
 
 def make_loader(dataset, batch_size: int, train: bool, seed: int = 0, workers: int = 0,

@@ -1,4 +1,4 @@
-"""The shipped GPU configs (CIFAR-10, ImageNet) pass the schema and dry-run without touching data."""
+"""The shipped CIFAR-10 (GPU and CPU) and ImageNet configs pass the schema and dry-run without touching data."""
 import re
 import subprocess
 import sys
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("name", ["cifar10", "imagenet"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar10-cpu", "imagenet"])
 def test_config_validates_against_the_schema(name):
     import jsonschema
 
@@ -22,7 +22,8 @@ def test_config_validates_against_the_schema(name):
     assert config["dataset"]["root"] and not Path(config["dataset"]["root"]).is_absolute()
 
 
-@pytest.mark.parametrize("name,arch,loader", [("cifar10", "resnet20", "auto"), ("imagenet", "resnet18", "dali")])
+@pytest.mark.parametrize("name,arch,loader", [("cifar10", "resnet20", "auto"), ("cifar10-cpu", "resnet20", "auto"),
+                                              ("imagenet", "resnet18", "dali")])
 def test_config_dry_runs(tmp_path, name, arch, loader):
     """A dry run in an empty directory: the dataset root does not exist, so nothing reads data."""
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",

@@ -114,8 +114,8 @@ def test_gpu_loader_refuses_imagenet_style_folders(folder):
 
 def test_auto_choice(cifar_style, digits, folder):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert choose(digits.train, "auto", cpu) == "torch"
-    assert choose(cifar_style.train, "auto", cpu) == "torch"
+    assert choose(digits.train, "auto", cpu) == "torch"          # already in memory
+    assert choose(cifar_style.train, "auto", cpu) == "gpu"       # decoded once, in host memory
     assert choose(digits.train, "auto", cuda) == "gpu"
     expected = "dali" if dali_loader.available() else "gpu"
     assert choose(cifar_style.train, "auto", cuda) == expected
@@ -124,6 +124,15 @@ def test_auto_choice(cifar_style, digits, folder):
     assert choose(digits.train, "dali", cpu) == "torch"   # nothing to decode
     with pytest.raises(ValueError, match="dataset.loader"):
         choose(digits.train, "fast", cpu)
+
+
+def test_auto_keeps_large_folders_on_the_dataloader(cifar_style, monkeypatch):
+    from mpq.data import loaders
+
+    monkeypatch.setattr(loaders, "RESIDENT_LIMIT_BYTES", len(cifar_style.train) * 3 * 32 * 32 - 1)
+    for device in ("cpu", "cuda"):
+        assert choose(cifar_style.train, "auto", torch.device(device)) in ("torch", "dali")
+    assert choose(cifar_style.train, "auto", torch.device("cpu")) == "torch"
 
 
 def test_configure_sets_the_default_kind(digits):
