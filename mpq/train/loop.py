@@ -8,8 +8,10 @@ after the step, and epoch statistics and evaluation counts are summed over ranks
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -18,6 +20,7 @@ from torch import nn
 
 from .. import distributed
 
+log = logging.getLogger("mpq")
 _DDP: dict = {}   # id(model) -> (model, its DistributedDataParallel wrapper), built once
 
 
@@ -81,6 +84,9 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
 # next one. A non-finite loss is still caught within SYNC_EVERY steps and always before the epoch
 # returns, i.e. before anything is written (the stage then keeps its last good checkpoint).
 SYNC_EVERY = 50
+# At those checks, an epoch running longer than this many seconds logs a progress line (long
+# epochs, e.g. ImageNet, or CIFAR on a CPU), so the rule's log shows that the stage is alive.
+PROGRESS_EVERY_S = float(os.environ.get("MPQ_PROGRESS_EVERY", "60"))
 
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device,
@@ -96,6 +102,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     prepare_model(model, device)
     forward = _ddp(model, device) if step is None else model
     total, correct, loss_sum = 0, None, None
+    steps = len(loader) if hasattr(loader, "__len__") else None
+    t0 = last_line = time.perf_counter()
     for i, (x, y) in enumerate(loader, 1):
         x, y = prepare_input(x, device), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -116,6 +124,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         correct = batch_correct if correct is None else correct + batch_correct
         if i % SYNC_EVERY == 0:
             check_finite(loss_sum, where)
+            if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+                last_line = time.perf_counter()
+                _log_step(where, i, steps, total, loss_sum.item(), int(correct.item()), last_line - t0)
     if loss_sum is None:
         loss_sum, correct = 0.0, 0
     else:
@@ -125,6 +136,14 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         total, loss_sum, correct = distributed.all_reduce_sum([total, loss_sum, correct])
         distributed.broadcast_state(model)
     return {"loss": loss_sum / max(total, 1), "acc": 100.0 * correct / max(total, 1)}
+
+
+def _log_step(where: str, step: int, steps: int | None, seen: int, loss_sum: float, correct: int,
+              elapsed: float) -> None:
+    of = f"/{steps}" if steps else ""
+    eta = f" epoch_eta={elapsed / step * (steps - step):.0f}s" if steps else ""
+    log.info("%s step %d%s loss=%.4g acc=%.2f %.0f img/s elapsed=%.0fs%s", where, step, of,
+             loss_sum / seen, 100.0 * correct / seen, seen / elapsed, elapsed, eta)
 
 
 @torch.no_grad()

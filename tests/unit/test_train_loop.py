@@ -76,3 +76,20 @@ def test_evaluate_counts_top1_top5_and_loss():
     assert got["top1"] == pytest.approx(100.0 * (logits.argmax(1) == y).sum().item() / 30)
     assert got["top5"] == pytest.approx(100.0 * (top5 == y[:, None]).any(1).sum().item() / 30)
     assert got["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+
+
+def test_long_epochs_log_progress_lines(monkeypatch, caplog):
+    monkeypatch.setattr(loop, "SYNC_EVERY", 2)
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)
+    data = _data(n_batches=4)
+    model = nn.Linear(5, 3)
+    with caplog.at_level("INFO", logger="mpq"):
+        train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.1), "cpu", where="finetune")
+    lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
+    assert [line.split()[:3] for line in lines] == [["finetune", "step", "2/4"], ["finetune", "step", "4/4"]]
+    assert "img/s" in lines[0] and "epoch_eta=" in lines[0]
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 3600.0)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mpq"):
+        train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.1), "cpu")
+    assert not [r for r in caplog.records if " step " in r.getMessage()]
