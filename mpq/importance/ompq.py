@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write_bytes
+from ..probe import probe_forward
 from ..quant.convert import conv_bn_pairs
 from .cka import centered_gram, orm_matrix
 from .ompq_units import check_mode, ompq_units
@@ -109,14 +110,7 @@ def compute_ompq_importance(model: nn.Module, images: torch.Tensor, mode: str = 
             hooks.append(module.register_forward_pre_hook(lambda m, inp, u=unit: record(u, inp[0])))
         else:
             hooks.append(module.register_forward_hook(lambda m, inp, out, u=unit: record(u, out)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(images)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    probe_forward(model, images, hooks)
     names = [u.name for u in units]
     bn_of = conv_bn_pairs(model, images.shape[-1], images.shape[1])
     return OmpqImportance(

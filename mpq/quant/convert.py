@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..probe import probe_forward
 from .layers import QUANT_LAYERS, QuantConv2d, QuantLinear
 from .lsq import LsqQuantizer
 from .switchable_bn import SwitchableBatchNorm2d, bn_key
@@ -44,15 +45,9 @@ def conv_bn_pairs(model: nn.Module, image_size: int, in_chans: int = 3) -> dict[
                 if src is not None:
                     pairs[src] = name
             hooks.append(m.register_forward_pre_hook(before_bn))
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        model(torch.zeros(1, in_chans, image_size, image_size, device=param.device, dtype=param.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    param = next(model.parameters())
+    probe_forward(model, torch.zeros(1, in_chans, image_size, image_size, device=param.device,
+                                      dtype=param.dtype), hooks)
     return pairs
 
 

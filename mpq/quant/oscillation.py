@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..probe import probe_forward
 from .convert import quant_modules
 from .lsq import LsqQuantizer, is_full_precision, lsq_integers, scale_grad
 
@@ -264,14 +265,7 @@ def mse_range_init(model: nn.Module, x: torch.Tensor) -> None:
                 mod.check_input_sign(inputs[0])
                 _set_step(mod, mse_step(inputs[0], *mod.qrange()).clamp_min(1e-8))
             hooks.append(a.register_forward_pre_hook(before))
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    probe_forward(model, x, hooks)
 
 
 def _set_step(q: LsqQuantizer, value: torch.Tensor) -> None:
