@@ -1,4 +1,5 @@
-"""Steps that several stage CLIs share: data with its class check, loader settings."""
+"""Steps that several stage CLIs share: data with its class check, loader settings, the FP32
+model and the policy, each checked against the config."""
 from __future__ import annotations
 
 
@@ -24,13 +25,25 @@ def loader_args(spec: dict) -> dict:
 OWN_BIT_RANGE = ("uniform", "ompq")
 
 
-def check_policy_fits(policy, spec: dict, source) -> None:
-    """Before any work: the policy is for the configured model and uses only the candidate bits,
-    unless its search has its own range (uniform baselines such as W8A8; OMPQ's [b_min, b_max])."""
+def fp32_model_of(spec: dict, path):
+    """The pretrained FP32 model at `path`, checked against the configured arch and class count."""
+    from .build import fp32_model
+
+    return fp32_model(path, spec["model"]["arch"], spec["model"]["num_classes"])[0]
+
+
+def load_policy_for(path, spec: dict):
+    """policy.yaml, refused before any work unless it is for the configured model and uses only the
+    candidate bits (or its search has its own range: uniform baselines such as W8A8; OMPQ's
+    [b_min, b_max])."""
+    from .policy import Policy
+
+    policy = Policy.load(path)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     if (policy.arch, policy.num_classes) != (arch, num_classes):
-        raise ValueError(f"{source}: policy is for {policy.arch}/{policy.num_classes} classes but the "
+        raise ValueError(f"{path}: policy is for {policy.arch}/{policy.num_classes} classes but the "
                          f"model is {arch}/{num_classes}; search again for this model")
     method = (policy.meta.get("search") or {}).get("method")
     if method not in OWN_BIT_RANGE and "quant" in spec:
-        policy.check_candidates(spec["quant"]["candidates"], source=str(source))
+        policy.check_candidates(spec["quant"]["candidates"], source=str(path))
+    return policy

@@ -1,8 +1,7 @@
 """Stage: quantize the FP32 model to a policy and finetune it with a recipe (QAT; epochs 0 = no training)."""
-from mpq.build import fp32_model, quantize_for_policy
-from mpq.policy import Policy
+from mpq.build import quantize_for_policy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import check_policy_fits, load_data, loader_args
+from mpq.stage_common import fp32_model_of, load_data, load_policy_for, loader_args
 from mpq.train import resume, save_checkpoint
 from mpq.train.kd import KdOptions
 from mpq.train.qat import finetune
@@ -16,13 +15,12 @@ def main():
     args = ap.parse_args()
     spec = begin_stage(args)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
-    policy = Policy.load(args.policy)
-    model, _ = fp32_model(args.fp32, arch, num_classes)
-    check_policy_fits(policy, spec, args.policy)
+    model = fp32_model_of(spec, args.fp32)
+    policy = load_policy_for(args.policy, spec)
     data = load_data(spec)
     resume.activate(args.out, spec)
     recipe = spec["recipe"]
-    teacher = fp32_model(args.fp32, arch, num_classes)[0] if KdOptions.from_recipe(recipe).enabled else None
+    teacher = fp32_model_of(spec, args.fp32) if KdOptions.from_recipe(recipe).enabled else None
     quantize_for_policy(model, policy, spec["quant"], recipe)
     policy.check_model(model.mpq_searchable, source=args.policy)
     metrics = finetune(model, data, recipe, resolve_device(spec["device"]), teacher=teacher, **loader_args(spec))

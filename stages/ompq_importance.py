@@ -1,11 +1,10 @@
 """Stage: OMPQ orthogonality of the FP32 model's units. Writes ompq/importance.pkl."""
 import logging
 
-from mpq.build import fp32_model
 from mpq.data.calibration import calibration_images
 from mpq.importance.ompq import compute_ompq_importance, write_ompq_importance
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import load_data
+from mpq.stage_common import fp32_model_of, load_data
 
 log = logging.getLogger("mpq")
 
@@ -16,8 +15,7 @@ def main():
     ap.add_argument("--out", required=True, help="importance.pkl (OMPQ format)")
     args = ap.parse_args()
     spec = begin_stage(args)
-    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
-    model, _ = fp32_model(args.fp32, arch, num_classes)
+    model = fp32_model_of(spec, args.fp32)
     cfg = spec.get("ompq", {})
     data = load_data(spec)
     images = calibration_images(data.train, int(cfg.get("samples", 32)), int(spec.get("seed", 0)),

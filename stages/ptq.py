@@ -1,11 +1,9 @@
 """Stage: post-training quantisation of the FP32 model to a policy (AdaRound + block reconstruction)."""
-from mpq.build import fp32_model
 from mpq.data.calibration import calibration_images
-from mpq.policy import Policy
 from mpq.quant.ptq import ptq_quantize, ptq_settings
 from mpq.quant.ptq_model import save_ptq_model
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import check_policy_fits, load_data
+from mpq.stage_common import fp32_model_of, load_data, load_policy_for
 
 
 def main():
@@ -15,11 +13,9 @@ def main():
     ap.add_argument("--out", required=True, help="quantized model.pt (kind 'ptq')")
     args = ap.parse_args()
     spec = begin_stage(args)
-    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
-    policy = Policy.load(args.policy)
-    check_policy_fits(policy, spec, args.policy)
+    policy = load_policy_for(args.policy, spec)
     recipe = ptq_settings(spec["recipe"])
-    model, _ = fp32_model(args.fp32, arch, num_classes)
+    model = fp32_model_of(spec, args.fp32)
     seed = int(spec.get("seed", 0))
     images = calibration_images(load_data(spec).train, recipe["calib_images"], seed)
     device = resolve_device(spec["device"])

@@ -2,9 +2,8 @@
 BN on training images and write it as an ordinary quantized checkpoint (no retraining)."""
 from mpq.importance.rfquant_export import export_subnet, quant_config_for_export
 from mpq.importance.supernet import calibrate_bn, load_supernet
-from mpq.policy import Policy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import check_policy_fits, load_data, loader_args
+from mpq.stage_common import load_data, load_policy_for, loader_args
 from mpq.train import save_checkpoint
 
 DEFAULT_BN_IMAGES = 7000   # specs/rfquant.md section 2
@@ -19,8 +18,7 @@ def main():
     spec = begin_stage(args)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     supernet, _, ckpt = load_supernet(args.supernet)
-    policy = Policy.load(args.policy)
-    check_policy_fits(policy, spec, args.policy)
+    policy = load_policy_for(args.policy, spec)
     if ckpt["arch"] != arch or ckpt["num_classes"] != num_classes:
         raise ValueError(f"{args.supernet}: supernet is for {ckpt['arch']}/{ckpt['num_classes']} classes but the "
                          f"model is {arch}/{num_classes}; rerun train_supernet")

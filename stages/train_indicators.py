@@ -1,8 +1,8 @@
 """Stage: LIMPQ joint indicator training from the FP32 model. Writes indicators.pt."""
-from mpq.build import fixed_bits_of, fp32_model
+from mpq.build import fixed_bits_of
 from mpq.importance.limpq import build_indicator_model, train_indicators
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import load_data, loader_args
+from mpq.stage_common import fp32_model_of, load_data, loader_args
 from mpq.train import resume, save_checkpoint
 
 
@@ -14,7 +14,7 @@ def main():
     spec = begin_stage(args)
     resume.activate(args.out, spec)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
-    model, _ = fp32_model(args.fp32, arch, num_classes)
+    model = fp32_model_of(spec, args.fp32)
     data = load_data(spec)
     quant, cfg = spec["quant"], spec["limpq"]
     build_indicator_model(model, image_size=data.image_size, candidates=quant["candidates"],

@@ -1,12 +1,12 @@
 """Stage: RFQuant supernet training from the FP32 model. Writes supernet.pt (EMA weights, candidates)."""
 import copy
 
-from mpq.build import fixed_bits_of, fp32_model
+from mpq.build import fixed_bits_of
 from mpq.data import split_holdout
 from mpq.importance.rfquant import rfquant_config, train_supernet
 from mpq.importance.supernet import build_supernet, save_supernet, subnet_accuracy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import load_data, loader_args
+from mpq.stage_common import fp32_model_of, load_data, loader_args
 
 
 def main():
@@ -15,8 +15,7 @@ def main():
     ap.add_argument("--out", required=True, help="supernet.pt")
     args = ap.parse_args()
     spec = begin_stage(args)
-    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
-    model, _ = fp32_model(args.fp32, arch, num_classes)
+    model, num_classes = fp32_model_of(spec, args.fp32), spec["model"]["num_classes"]
     data = load_data(spec)
     cfg, loading = rfquant_config(spec.get("rfquant")), loader_args(spec)
     state = build_supernet(model, image_size=data.image_size, candidates=spec["quant"]["candidates"],
