@@ -1,4 +1,4 @@
-"""Time the OMPQ search (LP + rounding, specs/ompq.md sections 4-5) on ResNet-50-sized problems.
+"""Time the OMPQ search (LP + rounding, docs/methods/ompq.md) on ResNet-50-sized problems.
 
 Each repeat is one `ompq_policy` call: coefficients, LP, rounding and the unit-to-layer mapping,
 with ResNet-50's real MACs and params at 224 px and a random theta. Problems: the 48 QAT units,

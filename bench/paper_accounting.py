@@ -1,11 +1,11 @@
-"""Our accounting (specs/accounting.md, mpq.cost.CostModel) of the papers' published policies.
+"""Our accounting (docs/methods/accounting.md, mpq.cost.CostModel) of the papers' published policies.
 
     python bench/paper_accounting.py            # prints the table of config/papers/README.md
 
 Every row is computed from a published bit list (from the specs) or from a uniform policy, at
 224 x 224 with 1000 classes, stem and classifier at W8A8 unless the row says otherwise. BitOps in
 G (10^9), sizes in MiB (2^20 bytes) of conv + Linear weights only. The "paper" column quotes the
-published figure (specs/benchmarks.md); tests/unit/test_paper_accounting.py checks that this table
+published figure (config/papers/README.md); tests/unit/test_paper_accounting.py checks that this table
 equals the one in config/papers/README.md and that the values match the spec's test vectors.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ from mpq.cost import CostModel
 IMAGE_SIZE = 224
 NUM_CLASSES = 1000
 
-# LIMPQ ResNet-50, budget bitops w3a4 + compression ratio 12.2 (specs/limpq.md 8): the ILP optimum
+# LIMPQ ResNet-50, budget bitops w3a4 + compression ratio 12.2 (docs/methods/limpq.md): the ILP optimum
 # under exact accounting (the golden test), 52 layers in module order.
 LIMPQ_R50_EXACT_W = [6, 3, 4, 5, 4, 3, 5, 4, 4, 5, 3, 3, 4, 3, 3, 3, 5, 4, 3, 4, 4, 3, 4, 3, 2, 3, 2, 3, 2, 3, 3,
                      2, 2, 3, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
 LIMPQ_R50_EXACT_A = [6, 4, 6, 6, 6, 3, 4, 6, 3, 4, 5, 3, 5, 5, 6, 3, 4, 5, 3, 4, 5, 3, 4, 4, 4, 6, 5, 5, 4, 5, 5,
                      4, 6, 5, 3, 5, 6, 3, 5, 6, 3, 6, 5, 4, 6, 3, 6, 4, 6, 6, 4, 6]
-# The published README policy differs in 5 entries (specs/limpq.md 8, found under the float quirk).
+# The published README policy differs in 5 entries (docs/methods/limpq.md, found under the float quirk).
 LIMPQ_R50_README_CHANGES = {5: ("w", 4), 10: ("w", 4), 16: ("w", 4), 42: ("a", 4), 45: ("a", 2)}
 
 
@@ -39,13 +39,13 @@ def limpq_r50_readme() -> tuple[list[int], list[int]]:
     return w, a
 
 
-# OMPQ ResNet-18 QAT "6.7 Mb" weight bits per searchable layer (specs/ompq.md 8), module order:
+# OMPQ ResNet-18 QAT "6.7 Mb" weight bits per searchable layer (docs/methods/ompq.md), module order:
 # layerX.0.conv1, layerX.0.conv2, [layerX.0.downsample.0], layerX.1.conv1, layerX.1.conv2.
 OMPQ_R18_QAT_W = [8, 8, 8, 8,            # layer1 (stage 1 all 8)
                   7, 8, 8, 8, 8,         # layer2: unit 1 conv1 7, the rest 8
                   8, 4, 4, 6, 8,         # layer3: conv1 8, conv2 + downsample 4, block 2: 6, 8
                   4, 4, 4, 4, 4]         # layer4 all 4
-# OMPQ ResNet-18 PTQ "4.0" list in unit order: stem, 16 block units, classifier (specs/ompq.md 8).
+# OMPQ ResNet-18 PTQ "4.0" list in unit order: stem, 16 block units, classifier (docs/methods/ompq.md).
 OMPQ_R18_PTQ_UNITS = [4, 4, 4, 4, 4, 4, 4, 3, 3, 3, 3, 3, 4, 3, 2, 3, 3, 3]
 
 
@@ -102,7 +102,7 @@ def rows() -> list[Row]:
         _row("limpq_resnet50", "limpq-w3a4-cr12.2 (README policy)", "56.0 G, CR 12.2, 76.9 %", r50, readme_w, readme_a,
              f"paper counts output sizes with LIMPQ's float quirk: {quirk_g:.4f} G for this list"),
         _row("limpq_resnet50", "limpq-w3a4-cr12.2 (exact-accounting ILP optimum)", "—", r50,
-             LIMPQ_R50_EXACT_W, LIMPQ_R50_EXACT_A, "golden test (specs/limpq.md 8); target 55.3134 G"),
+             LIMPQ_R50_EXACT_W, LIMPQ_R50_EXACT_A, "golden test (docs/methods/limpq.md); target 55.3134 G"),
         _uniform("limpq_resnet50", "W4A4 level (budget of limpq-w4a4)", "—", "resnet50", 4, 4),
         _uniform("limpq_resnet18", "W4A4 level (budget of limpq-w4a4)", "33.05 G", "resnet18", 4, 4,
                  "paper: ResNet-18d-like stem (issue #3); quirk count 35.04 G"),

@@ -1,7 +1,12 @@
-"""Median train-step time of LSQ QAT (W4A4) over FP32, reference LSQ graph vs the fused Function.
+"""Median train-step time of LSQ QAT (W4A4) over FP32: reference LSQ graph, fused Function, and
+the exact bf16 code-domain layers.
 
-Each model runs three variants side by side in one process: fp32, lsq-ref (clamp -> round-STE ->
-*s with the grad-scale trick, plain autograd) and lsq-fused (mpq.quant.lsq's one-pass Function).
+Each model runs its variants side by side in one process: fp32, lsq-ref (clamp -> round-STE ->
+*s with the grad-scale trick, plain autograd), lsq-fused (mpq.quant.lsq's one-pass Function),
+both fake-quantizing, and lsq-codes (fused codes, conv on the integer codes under bf16 autocast,
+scales applied to the fp32 result: mpq.quant.layers). Where the shape runs without autocast
+(--quick), fused-bf16 (fake quantization under the same bf16 autocast) is added, so that
+fq/codes always compares the two layer paths at the same precision.
 Rounds interleave the variants so that load from other processes hits them alike; the table
 reports medians and the ratio to fp32 in the same mode (eager, or torch.compile of the model).
 
@@ -27,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import mpq.models  # noqa: E402
 from mpq.quant import LsqQuantizer, convert_model, set_uniform_bits  # noqa: E402
+from mpq.quant.layers import QUANT_LAYERS  # noqa: E402
 from mpq.train.qat import init_act_steps  # noqa: E402
 
 # name: (arch, image size, batch, channels_last, bf16 autocast), full size / --quick
@@ -34,7 +40,20 @@ SHAPES = {
     "resnet18": {"full": ("resnet18", 224, 256, True, True), "quick": ("resnet18", 64, 16, True, False)},
     "resnet20": {"full": ("resnet20", 32, 512, False, True), "quick": ("resnet20", 32, 64, False, False)},
 }
-VARIANTS = ("fp32", "lsq-ref", "lsq-fused")
+# variant: (LSQ kernel or None for the float model, code-domain layers, forces bf16 autocast)
+VARIANTS = {"fp32": (None, False, False), "lsq-ref": ("ref", False, False),
+            "lsq-fused": ("fused", False, False), "fused-bf16": ("fused", False, True),
+            "lsq-codes": ("fused", True, True)}
+
+
+def variants_for(amp: bool, device) -> list[str]:
+    """Every variant under the shape's autocast; the bf16 pair only where bf16 autocast exists."""
+    names = ["fp32", "lsq-ref", "lsq-fused"]
+    if amp:
+        return names + ["lsq-codes"]
+    if torch.amp.is_autocast_available(device.type):
+        names += ["fused-bf16", "lsq-codes"]
+    return names
 
 
 def build(arch: str, variant: str, image: int, batch: int, device, channels_last: bool, amp: bool):
@@ -42,12 +61,15 @@ def build(arch: str, variant: str, image: int, batch: int, device, channels_last
     model = mpq.models.create(arch, num_classes=1000 if arch == "resnet18" else 10)
     x = torch.randn(batch, 3, image, image)
     y = torch.randint(0, 10, (batch,))
-    if variant != "fp32":
+    kernel, codes, _ = VARIANTS[variant]
+    if kernel is not None:
         convert_model(model, image_size=image, weight_candidates=[4], act_candidates=[4])
         set_uniform_bits(model, 4)
         for m in model.modules():
             if isinstance(m, LsqQuantizer):
-                m.fused = variant == "lsq-fused"
+                m.fused = kernel == "fused"
+            if isinstance(m, QUANT_LAYERS):
+                m.code_domain = codes
         init_act_steps(model, x[:8])
     model.to(device)
     x, y = x.to(device), y.to(device)
@@ -61,11 +83,10 @@ def build(arch: str, variant: str, image: int, batch: int, device, channels_last
 def make_step(model, x, y, device, amp: bool, compiled: bool):
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     net = torch.compile(model) if compiled else model
-    cast = (torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with cast() if amp else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
             loss = F.cross_entropy(net(x).float(), y)
         loss.backward()
         opt.step()
@@ -91,18 +112,30 @@ def time_steps(step, device, n: int) -> list[float]:
 def bench_model(name: str, size: str, mode: str, device, rounds: int, per_round: int, warmup: int) -> dict:
     arch, image, batch, channels_last, amp = SHAPES[name][size]
     amp = amp and device.type == "cuda" or (amp and size == "full")
+    names = variants_for(amp, device)
     steps = {}
-    for variant in VARIANTS:
-        model, x, y = build(arch, variant, image, batch, device, channels_last, amp)
-        steps[variant] = make_step(model, x, y, device, amp, mode == "compile")
+    for variant in names:
+        variant_amp = amp or VARIANTS[variant][2]
+        model, x, y = build(arch, variant, image, batch, device, channels_last, variant_amp)
+        steps[variant] = make_step(model, x, y, device, variant_amp, mode == "compile")
         time_steps(steps[variant], device, warmup)          # compiles in compile mode
-    samples = {v: [] for v in VARIANTS}
+    samples = {v: [] for v in names}
     for _ in range(rounds):
-        for v in VARIANTS:
+        for v in names:
             samples[v] += time_steps(steps[v], device, per_round)
-    med = {v: statistics.median(samples[v]) for v in VARIANTS}
+    med = {v: statistics.median(samples[v]) * 1e3 for v in names}
     return {"model": name, "shape": f"{image}px b{batch}{' bf16' if amp else ''}{' cl' if channels_last else ''}",
-            "mode": mode, **{v: med[v] * 1e3 for v in VARIANTS}}
+            "mode": mode, "ms": med, "fake_quant_peer": "lsq-fused" if amp else "fused-bf16"}
+
+
+def format_row(r: dict) -> str:
+    """ms and x fp32 per variant, then ref/fused and fake-quant/codes at the same precision."""
+    ms = r["ms"]
+    cells = [f"{v} {ms[v]:.1f}ms" + ("" if v == "fp32" else f" x{ms[v] / ms['fp32']:.2f}") for v in ms]
+    ratios = [f"ref/fused {ms['lsq-ref'] / ms['lsq-fused']:.2f}"]
+    if "lsq-codes" in ms:
+        ratios.append(f"fq/codes {ms[r['fake_quant_peer']] / ms['lsq-codes']:.2f}")
+    return f"{r['model']:<9} {r['shape']:<18} {r['mode']:<8} " + "  ".join(cells + ratios)
 
 
 def main():
@@ -124,15 +157,11 @@ def main():
     print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
           f"threads={torch.get_num_threads()}, torch {torch.__version__}, medians of "
           f"{args.rounds}x{args.steps} steps")
-    header = f"{'model':<9} {'shape':<18} {'mode':<8} {'fp32 ms':>9} {'lsq-ref ms':>11} {'x fp32':>7} " \
-             f"{'fused ms':>9} {'x fp32':>7} {'ref/fused':>9}"
-    print(header)
+    print(f"{'model':<9} {'shape':<18} {'mode':<8} variants (median ms, x fp32), ratios")
     for name in args.models.split(","):
         for mode in args.modes.split(","):
             r = bench_model(name, size, mode, device, args.rounds, args.steps, args.warmup)
-            print(f"{r['model']:<9} {r['shape']:<18} {r['mode']:<8} {r['fp32']:>9.1f} {r['lsq-ref']:>11.1f} "
-                  f"{r['lsq-ref'] / r['fp32']:>7.2f} {r['lsq-fused']:>9.1f} {r['lsq-fused'] / r['fp32']:>7.2f} "
-                  f"{r['lsq-ref'] / r['lsq-fused']:>9.2f}", flush=True)
+            print(format_row(r), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Cost of one RFQuant supernet step relative to one FP32 training step (specs/rfquant.md section 3).
+"""Cost of one RFQuant supernet step relative to one FP32 training step (docs/methods/rfquant.md).
 
 A supernet step runs 1 + N forward/backward passes (max subnet + N random subnets), so N + 1 times
 an FP32 step is intrinsic. What is beyond that comes from fake quantization in every pass, IDM
@@ -27,7 +27,7 @@ from mpq.importance.ema import EmaModel  # noqa: E402
 from mpq.importance.limpq import sampler_for_step  # noqa: E402
 from mpq.importance.rfquant import (SupernetUpdate, rfquant_config, supernet_optimizers,  # noqa: E402
                                     supernet_step)
-from mpq.importance.rfquant_losses import BnOutputTap  # noqa: E402
+from mpq.importance.rfquant_losses import IdmTap  # noqa: E402
 from mpq.importance.supernet import build_supernet, init_supernet_act_steps  # noqa: E402
 from mpq.quant import set_uniform_bits  # noqa: E402
 
@@ -53,7 +53,7 @@ def supernet_variant(arch, classes, size, x, y, cfg, *, single_pass=False):
     model.train()
     sgd, adam = supernet_optimizers(model, cfg)
     update = SupernetUpdate(sgd, adam, EmaModel(model, cfg["ema_decay"]), model)
-    tap = BnOutputTap(model) if cfg["idm"] and not single_pass else None
+    tap = IdmTap(model) if cfg["idm"] and not single_pass else None
     counter = [0]
 
     def step():

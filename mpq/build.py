@@ -6,6 +6,8 @@ from torch import nn
 from . import models
 from .policy import Policy
 from .quant import convert_model, set_policy_bits
+from .models.rprelu import add_rprelu
+from .quant.convert import lsq_options, use_fc_scale_trick
 from .quant.n2uq import use_n2uq_quantizers
 from .quant.oscillation import OscillationOptions, track_oscillations
 from .train.checkpoint import CheckpointError, load_checkpoint
@@ -36,12 +38,25 @@ def fixed_bits_of(quant_cfg: dict) -> tuple:
 METHODS = ("lsq", "n2uq")
 
 
+def rprelu_init_of(recipe: dict, method: str) -> str | None:
+    """The RPReLU initialisation a recipe asks for, None for the plain ReLU structure.
+
+    `rprelu` defaults to on for method n2uq (the reference's architecture) and off otherwise;
+    `rprelu_init` relu (default: equals the plain FP32 model) or reference (PReLU slopes 0.25).
+    """
+    if not recipe.get("rprelu", method == "n2uq"):
+        return None
+    return recipe.get("rprelu_init", "relu")
+
+
 def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recipe: dict | None = None) -> nn.Module:
     """Single-bit quantizers per layer at the policy's bits, as the finetune recipe asks.
 
     method lsq (default): LSQ everywhere (weights initialised at their bits); n2uq: N2UQ weight
-    and activation quantizers on the searchable layers. oscillation dampen/freeze: trackers on
-    the low-bit LSQ weights. The same call rebuilds a finetuned checkpoint, so it must depend on
+    and activation quantizers on the searchable layers, on the RPReLU ResNet structure unless the
+    recipe says rprelu: false (mpq.models.rprelu). oscillation dampen/freeze: trackers on
+    the low-bit LSQ weights. fc_scale_trick: the SAT classifier scaling (docs/methods/lsq.md).
+    The same call rebuilds a finetuned checkpoint, so it must depend on
     nothing but its arguments.
     """
     recipe = recipe or {}
@@ -54,17 +69,22 @@ def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recip
     if method == "n2uq" and oscillation.mode != "none":
         raise ValueError("oscillation dampening/freezing acts on LSQ weights; it does not apply to "
                          "method n2uq (set oscillation: none)")
+    rprelu_init = rprelu_init_of(recipe, method)
+    if rprelu_init is not None:     # structure first: a finetuned state dict has the RPReLU keys
+        add_rprelu(model, rprelu_init)
     convert_model(model, image_size=policy.image_size,
                   weight_candidates=[[b] for b in policy.w_bits],
                   act_candidates=[[b] for b in policy.a_bits],
                   fixed_bits=policy.fixed_bits,
-                  grad_scale=quant_cfg.get("grad_scale", True),
+                  **lsq_options(quant_cfg),
                   weight_per_channel=quant_cfg.get("weight_per_channel", False))
     set_policy_bits(model, policy.w_bits, policy.a_bits)
     if method == "n2uq":
         use_n2uq_quantizers(model)
     if oscillation.mode != "none":
         track_oscillations(model, oscillation)
+    if recipe.get("fc_scale_trick", False):
+        use_fc_scale_trick(model)
     return model
 
 

@@ -1,4 +1,4 @@
-"""Cost accounting (specs/accounting.md): per-layer MACs by tracing, BitOps, size, budgets.
+"""Cost accounting (docs/methods/accounting.md): per-layer MACs by tracing, BitOps, size, budgets.
 
 Every count is an exact Python int; floats appear only in the final division into G or MiB, so
 budgets and reports agree to the last operation.

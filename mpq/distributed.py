@@ -126,11 +126,13 @@ def average_gradients(module: nn.Module) -> None:
     """All-reduce (mean) the gradients of every parameter that has one, in flat buckets.
 
     What DistributedDataParallel does during backward, for training steps that run several
-    forward/backward passes per batch and so cannot be wrapped.
+    forward/backward passes per batch and so cannot be wrapped. Anything that edits gradients
+    (clipping, dropping all-zero ones) belongs after this call: see train_epoch's after_average.
     """
     if not is_initialized():
         return
     grads = [p.grad for p in module.parameters() if p.grad is not None]
+    _check_same_gradients(grads)
     by_kind: dict = {}
     for g in grads:
         by_kind.setdefault((g.device, g.dtype), []).append(g)
@@ -143,6 +145,18 @@ def average_gradients(module: nn.Module) -> None:
         for g in group:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+def _check_same_gradients(grads: list[torch.Tensor]) -> None:
+    """Fail on every rank, instead of hanging or mixing tensors, when the ranks hold different sets
+    of gradients (e.g. one rank set an all-zero gradient to None before the average)."""
+    layout = torch.tensor([len(grads), sum(g.numel() for g in grads)], dtype=torch.int64, device=_comm_device())
+    bounds = torch.cat([layout, -layout])
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)   # the largest and minus the smallest of each
+    if not torch.equal(bounds[:2], -bounds[2:]):
+        raise RuntimeError(f"rank {rank()}: ranks disagree on which parameters have gradients "
+                           f"(this rank: {len(grads)} tensors, {int(layout[1])} values); gradients "
+                           f"must only be edited after average_gradients")
 
 
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:

@@ -2,6 +2,7 @@
 from mpq import models
 from mpq.build import fixed_bits_of, load_state
 from mpq.importance.limpq import build_indicator_model, extract_indicators
+from mpq.quant.convert import lsq_options
 from mpq.importance.pickle_io import write_importance
 from mpq.io import atomic_write_json, sha256_file
 from mpq.runtime import begin_stage, run_stage, stage_parser
@@ -20,7 +21,7 @@ def main():
     quant = ckpt["config"]["quant"]
     model = models.create(arch, num_classes=num_classes)
     build_indicator_model(model, image_size=ckpt["image_size"], candidates=quant["candidates"],
-                          fixed_bits=fixed_bits_of(quant))
+                          fixed_bits=fixed_bits_of(quant), **lsq_options(quant))
     load_state(model, ckpt["state_dict"], args.indicators)
     importance = extract_indicators(model)
     write_importance(args.out, importance)

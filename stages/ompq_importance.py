@@ -10,7 +10,7 @@ log = logging.getLogger("mpq")
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, ompq (samples, augment)")
+    ap = stage_parser(__doc__, "seed, device, dataset, model, ompq (samples, augment, bn_mode)")
     ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
     ap.add_argument("--out", required=True, help="importance.pkl (OMPQ format)")
     args = ap.parse_args()
@@ -21,7 +21,8 @@ def main():
     images = calibration_images(data.train, int(cfg.get("samples", 32)), int(spec.get("seed", 0)),
                                 augment=bool(cfg.get("augment", False)))
     device = resolve_device(spec["device"])
-    importance = compute_ompq_importance(model.to(device), images.to(device), mode="ptq")
+    importance = compute_ompq_importance(model.to(device), images.to(device), mode="ptq",
+                                         bn_mode=cfg.get("bn_mode", "train"))
     write_ompq_importance(args.out, importance)
     log.info("ompq: %d units from %d images; gamma %s", len(importance.units), importance.samples,
              " ".join(f"{g:.3f}" for g in importance.gamma))

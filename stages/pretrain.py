@@ -1,4 +1,5 @@
-"""Stage: train the FP32 model. Writes model.pt (checkpoint) and metrics.json."""
+"""Stage: train the FP32 model, or import published weights (pretrain.weights) and finetune them
+for pretrain.epochs (0: evaluate only). Writes model.pt (checkpoint) and metrics.json."""
 from mpq import models
 from mpq.cost import CostModel
 from mpq.io import atomic_write_json
@@ -6,7 +7,7 @@ from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data, loader_args
 from mpq.train import resume, save_checkpoint
 from mpq.train.fp32 import pretrain
-from mpq.train.pretrained import import_and_evaluate
+from mpq.train.pretrained import start_from_weights
 
 
 def main():
@@ -19,11 +20,8 @@ def main():
     data = load_data(spec)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     model = models.create(arch, num_classes=num_classes)
-    if spec["pretrain"].get("weights"):   # published FP32 weights: import and evaluate, no training
-        metrics = import_and_evaluate(model, data, spec["pretrain"]["weights"], resolve_device(spec["device"]),
-                                      **loader_args(spec))
-    else:
-        metrics = pretrain(model, data, spec["pretrain"], resolve_device(spec["device"]), **loader_args(spec))
+    train = start_from_weights if spec["pretrain"].get("weights") else pretrain
+    metrics = train(model, data, spec["pretrain"], resolve_device(spec["device"]), **loader_args(spec))
     cost = CostModel.from_model(model.cpu(), data.image_size)
     metrics.update(bitops_g=cost.fp32_bitops / 1e9, size_mb=cost.fp32_size_mib, image_size=data.image_size)
     save_checkpoint(args.model_out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,

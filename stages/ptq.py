@@ -1,6 +1,5 @@
 """Stage: post-training quantisation of the FP32 model to a policy (AdaRound + block reconstruction)."""
-from mpq.data.calibration import calibration_images
-from mpq.quant.ptq import ptq_quantize, ptq_settings
+from mpq.quant.ptq import calibration_set, ptq_quantize, ptq_settings
 from mpq.quant.ptq_model import save_ptq_model
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data, load_policy_for
@@ -17,7 +16,7 @@ def main():
     recipe = ptq_settings(spec["recipe"])
     model = fp32_model_of(spec, args.fp32)
     seed = int(spec.get("seed", 0))
-    images = calibration_images(load_data(spec).train, recipe["calib_images"], seed)
+    images = calibration_set(load_data(spec).train, recipe, seed)
     device = resolve_device(spec["device"])
     model, metrics = ptq_quantize(model.to(device), policy, images, recipe, seed=seed)
     save_ptq_model(args.out, model, policy, config=spec, metrics=metrics, recipe=recipe)

@@ -18,7 +18,7 @@ def main():
     fixed = fixed_bits_of(spec["quant"])
     cost = CostModel.from_model(models.create(arch, num_classes=num_classes), image_size, fixed_bits=fixed)
     data, device = None, "cpu"
-    if spec["policy"]["search"] == "greedy":   # scores subnets on held-out training images
+    if spec["policy"]["search"] == "greedy":   # scores subnets on training images
         data, device = load_data(spec), resolve_device(spec["device"])
     w, a, meta = search_policy(spec["policy"], cost, spec["quant"]["candidates"],
                                importance_path=args.importance, settings=spec.get("search"),

@@ -6,7 +6,7 @@ from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data, load_policy_for, loader_args
 from mpq.train import save_checkpoint
 
-DEFAULT_BN_IMAGES = 7000   # specs/rfquant.md section 2
+DEFAULT_BN_IMAGES = 7000   # the reference's ~7,000 images (docs/methods/rfquant.md)
 
 
 def main():

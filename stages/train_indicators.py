@@ -1,6 +1,7 @@
 """Stage: LIMPQ joint indicator training from the FP32 model. Writes indicators.pt."""
 from mpq.build import fixed_bits_of
 from mpq.importance.limpq import build_indicator_model, train_indicators
+from mpq.quant.convert import lsq_options
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data, loader_args
 from mpq.train import resume, save_checkpoint
@@ -18,7 +19,7 @@ def main():
     data = load_data(spec)
     quant, cfg = spec["quant"], spec["limpq"]
     build_indicator_model(model, image_size=data.image_size, candidates=quant["candidates"],
-                          fixed_bits=fixed_bits_of(quant),
+                          fixed_bits=fixed_bits_of(quant), **lsq_options(quant),
                           fixed_layers_fp=cfg.get("fixed_layers_during_indicators", "fixed") == "fp")
     metrics = train_indicators(model, data, cfg, resolve_device(spec["device"]),
                                candidates=quant["candidates"], **loader_args(spec))

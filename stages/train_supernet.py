@@ -21,7 +21,8 @@ def main():
     state = build_supernet(model, image_size=data.image_size, candidates=spec["quant"]["candidates"],
                            fixed_bits=fixed_bits_of(spec["quant"]), switchable_bn=cfg["switchable_bn"],
                            grad_scale=cfg["grad_scale"], depthwise_min_bits=cfg["depthwise_min_bits"])
-    # The search scores subnets on a held-out part of the training split: keep it out of training.
+    # As in the reference, the supernet trains on the whole training split and the greedy search
+    # scores on it too; holdout_fraction > 0 keeps that share out of training for the search.
     holdout = {"fraction": float(cfg["holdout_fraction"]), "seed": loading["seed"]}
     train_set, held = data.train, None
     if holdout["fraction"] > 0:

@@ -2,7 +2,7 @@
 
 Weights sitting near a rounding threshold flip between levels from step to step; a layer with
 many of them at low bits is "turbulent" and trains worse when it keeps being sampled there.
-Every event re-decides which layers lose their lowest candidate (specs/rfquant.md section 5).
+Every event re-decides which layers lose their lowest candidate (docs/methods/rfquant.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Linear CKA ("ORM" in OMPQ, specs/ompq.md section 2) from centred Gram matrices.
+"""Linear CKA ("ORM" in OMPQ, docs/methods/ompq.md) from centred Gram matrices.
 
 Only the N x N centred Gram matrix of each feature map is needed, so features are reduced to it
 as soon as they are produced: a ResNet-50 feature map never has to be kept whole.

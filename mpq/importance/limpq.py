@@ -1,4 +1,4 @@
-"""LIMPQ joint indicator training and extraction (specs/limpq.md sections 1-4).
+"""LIMPQ joint indicator training and extraction (docs/methods/limpq.md).
 
 Every searchable layer gets a multi-bit LSQ quantizer (one step per candidate) and a switchable BN
 keyed by bit. Each optimisation step runs K uniform passes plus one random mixed pass with summed
@@ -15,12 +15,12 @@ from ..quant import convert_model, searchable_layers, set_layer_bits, set_unifor
 
 def build_indicator_model(model: nn.Module, *, image_size: int, candidates, fixed_bits,
                           fixed_layers_fp: bool = False, grad_scale: bool = True,
-                          clamp_step=(1e-5, 1.0)) -> nn.Module:
-    """Wrap a float model for indicator training (in place)."""
+                          grad_scale_numel: str = "tensor", clamp_step=(1e-5, 1.0)) -> nn.Module:
+    """Wrap a float model for indicator training (in place); grad_scale(_numel) as `quant` says."""
     fixed = ((None, None), (None, None)) if fixed_layers_fp else fixed_bits
     return convert_model(model, image_size=image_size, weight_candidates=list(candidates),
                          act_candidates=list(candidates), fixed_bits=fixed, switchable_bn="bit",
-                         grad_scale=grad_scale, clamp_step=clamp_step)
+                         grad_scale=grad_scale, grad_scale_numel=grad_scale_numel, clamp_step=clamp_step)
 
 
 def sampler_for_step(seed: int, global_step: int) -> torch.Generator:
@@ -30,7 +30,8 @@ def sampler_for_step(seed: int, global_step: int) -> torch.Generator:
 
 def indicator_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates,
                    generator: torch.Generator, label_smoothing: float = 0.1):
-    """K uniform passes + 1 random mixed pass, gradients summed; clip and drop all-zero grads.
+    """K uniform passes + 1 random mixed pass, gradients summed (clipping follows the cross-rank
+    average: clip_and_drop_zero_gradients).
 
     Returns (summed loss, logits of the last uniform pass) for logging.
     """
@@ -51,12 +52,21 @@ def indicator_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidate
     loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
     loss.backward()
     total = total + loss.detach()
+    return total, logits_out
+
+
+def clip_and_drop_zero_gradients(model: nn.Module, limit: float = 1.0) -> None:
+    """Clip every gradient to [-limit, limit], then drop the all-zero ones (the optimizer skips them).
+
+    The reference does this after DDP has averaged the gradients. Run per rank before the
+    average, the clip would differ from clipping the average, and a gradient that is zero on one
+    rank only would be dropped there alone, so the ranks would all-reduce different tensors.
+    """
     for p in model.parameters():
         if p.grad is not None:
-            p.grad.clamp_(-1.0, 1.0)
+            p.grad.clamp_(-limit, limit)
             if not p.grad.any():
                 p.grad = None
-    return total, logits_out
 
 
 def extract_indicators(model: nn.Module):
@@ -104,5 +114,6 @@ def train_indicators(model: nn.Module, data, cfg: dict, device, *, candidates, b
                "min_lr": 1e-5, "weight_decay": 2.5e-5, **cfg}
     fit = train_model(model, lambda e: make_loader(train_set, batch_size, train=True, seed=seed, epoch=e,
                                                    workers=workers),
-                      opt_cfg, device, what="indicators", step=step, extra_state=counter)
+                      opt_cfg, device, what="indicators", step=step, extra_state=counter,
+                      after_average=clip_and_drop_zero_gradients)
     return {**fit, "steps": counter["step"]}

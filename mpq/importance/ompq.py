@@ -1,9 +1,10 @@
-"""OMPQ importance (specs/ompq.md sections 1-3): unit features, their CKA matrix, orthogonality.
+"""OMPQ importance (docs/methods/ompq.md): unit features, their CKA matrix, orthogonality.
 
-One no-grad forward pass of a few training images through the FP32 model gives each unit's
-feature; linear CKA between every pair is the ORM matrix M, and a unit's orthogonality is
-gamma_i = sum_{j != i} M_ij. The search turns gamma into theta = exp(-beta * gamma), so beta is
-not stored and changing it reruns only the search.
+One no-grad forward pass of a few training images through the FP32 model (BN on the batch's
+own statistics by default, as in the reference) gives each unit's feature; linear CKA between
+every pair is the ORM matrix M, and a unit's orthogonality is gamma_i = sum_{j != i} M_ij.
+The search turns gamma into theta = exp(-beta * gamma), so beta is not stored and changing it
+reruns only the search.
 
 `ompq/importance.pkl` is a pickle of builtins only (read back with a loader that refuses code):
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write_bytes
-from ..probe import probe_forward
+from ..probe import check_bn_mode, probe_forward
 from ..quant.convert import conv_bn_pairs
 from .cka import centered_gram, orm_matrix
 from .ompq_units import check_mode, ompq_units
@@ -90,8 +91,14 @@ def _bn_params(model: nn.Module, layers, bn_of: dict[str, str]) -> int:
 
 
 @torch.no_grad()
-def compute_ompq_importance(model: nn.Module, images: torch.Tensor, mode: str = "ptq") -> OmpqImportance:
-    """Centred Gram matrix of every unit's feature from one eval-mode pass, then the ORM matrix."""
+def compute_ompq_importance(model: nn.Module, images: torch.Tensor, mode: str = "ptq",
+                            bn_mode: str = "train") -> OmpqImportance:
+    """Centred Gram matrix of every unit's feature from one pass, then the ORM matrix.
+
+    bn_mode 'train' (the reference's, which never calls eval()): BN uses the statistics of
+    `images`; 'eval': the running statistics. Neither changes the model (docs/methods/ompq.md).
+    """
+    check_bn_mode(bn_mode)
     units = ompq_units(model, check_mode(mode))
     if images.shape[0] < 2:
         raise ValueError(f"OMPQ needs at least 2 images to compare features, got {images.shape[0]}")
@@ -110,7 +117,7 @@ def compute_ompq_importance(model: nn.Module, images: torch.Tensor, mode: str = 
             hooks.append(module.register_forward_pre_hook(lambda m, inp, u=unit: record(u, inp[0])))
         else:
             hooks.append(module.register_forward_hook(lambda m, inp, out, u=unit: record(u, out)))
-    probe_forward(model, images, hooks)
+    probe_forward(model, images, hooks, bn_mode=bn_mode)
     names = [u.name for u in units]
     bn_of = conv_bn_pairs(model, images.shape[-1], images.shape[1])
     return OmpqImportance(

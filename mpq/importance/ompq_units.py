@@ -1,4 +1,4 @@
-"""OMPQ units (specs/ompq.md section 1): layers that share one weight bit-width and one feature.
+"""OMPQ units (docs/methods/ompq.md): layers that share one weight bit-width and one feature.
 
 Inside a block, a unit is one main-path conv and its feature is what the next main conv reads
 (conv-BN-ReLU output); the block's last main conv, joined by its shortcut conv, has the block

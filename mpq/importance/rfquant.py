@@ -1,8 +1,9 @@
-"""RFQuant one-shot supernet training (specs/rfquant.md sections 3-5).
+"""RFQuant one-shot supernet training (docs/methods/rfquant.md).
 
 Each mini-batch runs the max subnet with CE, then `random_paths` random subnets distilled in place
 from the max subnet's logits (plus IDM, QE and ARWD terms); gradients accumulate over all passes,
-are clipped, and one SGD step (weights), one Adam step (quantizer steps) and one EMA update follow.
+are averaged over DDP ranks, then clipped, and one SGD step (weights), one Adam step (quantizer
+steps) and one EMA update follow.
 The EMA model is what the search and the subnet stage use.
 """
 from __future__ import annotations
@@ -20,19 +21,20 @@ from ..train.progress import EpochProgress
 from .bit_scheduler import SCHEDULER_DEFAULTS, scheduler_event
 from .ema import EmaModel
 from .limpq import sampler_for_step
-from .rfquant_losses import BnOutputTap, min_bit_layers, qe_weight, subnet_regularisers
+from .rfquant_losses import IdmTap, min_bit_layers, qe_weight, subnet_regularisers
 from .supernet import CandidateState, init_supernet_act_steps, sample_subnet
 
 log = logging.getLogger("mpq")
 
-# The spec's values (150 ImageNet epochs); every key is a config key of importance.rfquant.
+# The reference's values (150 ImageNet epochs); every key is a config key of importance.rfquant.
 RFQUANT_DEFAULTS = {
     "epochs": 150, "lr": 0.04, "momentum": 0.9, "nesterov": True, "weight_decay": 2.5e-5,
     "warmup_epochs": 5, "min_lr": 1e-5, "q_lr": 1e-5, "label_smoothing": 0.0,
-    "random_paths": 3, "idm": True, "idm_weight": 0.01, "qe_start": 40, "qe_lambda": 0.1,
+    "random_paths": 3, "idm": True, "idm_weight": 0.01, "idm_target": "activation",
+    "qe_start": 40, "qe_lambda": 0.1,
     "arwd": 0.0, "ema_decay": 0.9997, "grad_clip": 1.0, "scheduler": True, **SCHEDULER_DEFAULTS,
     "switchable_bn": "pair", "grad_scale": False, "depthwise_min_bits": 3,
-    "holdout_fraction": 0.1, "bn_calibration_images": 7000,
+    "holdout_fraction": 0.0, "bn_calibration_images": 7000,
 }
 
 
@@ -46,16 +48,21 @@ def rfquant_config(cfg: dict | None) -> dict:
 
 
 def clip_gradients(model: nn.Module, limit: float) -> None:
-    """Elementwise clip of every gradient to [-limit, limit]."""
+    """Elementwise clip of every gradient to [-limit, limit].
+
+    Runs after the cross-rank average (the train loop's `after_average`), as the reference clips
+    the gradients DDP has already averaged; clipping each rank's own gradient first would differ.
+    """
     for p in model.parameters():
         if p.grad is not None:
             p.grad.clamp_(-limit, limit)
 
 
 def supernet_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: CandidateState,
-                  generator: torch.Generator, cfg: dict, *, tap: BnOutputTap | None = None,
+                  generator: torch.Generator, cfg: dict, *, tap: IdmTap | None = None,
                   qe_lambda: float = 0.0):
-    """Max subnet + random subnets, gradients accumulated and clipped; no optimiser step.
+    """Max subnet + random subnets, gradients accumulated; no clipping (that follows the cross-rank
+    average, see clip_gradients) and no optimiser step.
 
     Returns (summed loss of all passes, max-subnet logits) for logging.
     """
@@ -84,7 +91,6 @@ def supernet_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: Can
         total = total + loss.detach()
     if tap is not None:
         tap.off()
-    clip_gradients(model, cfg["grad_clip"])
     return total, z_max.detach()
 
 
@@ -136,7 +142,7 @@ def train_supernet(model: nn.Module, state: CandidateState, train_set, cfg: dict
     sgd, adam = supernet_optimizers(model, cfg)
     ema = EmaModel(model, cfg["ema_decay"])
     update = SupernetUpdate(sgd, adam, ema, model)
-    tap = BnOutputTap(model) if cfg["idm"] else None
+    tap = IdmTap(model, cfg["idm_target"]) if cfg["idm"] else None
     iters = len(loader(0))
     qe_from, last = int(cfg["qe_start"]) * iters, epochs * iters
     base_sgd, base_adam = [g["lr"] for g in sgd.param_groups], [g["lr"] for g in adam.param_groups]
@@ -161,6 +167,7 @@ def train_supernet(model: nn.Module, state: CandidateState, train_set, cfg: dict
                 return supernet_step(m, x, y, state, sampler_for_step(seed, t), cfg, tap=tap, qe_lambda=lam)
 
             stats = train_epoch(model, loader(epoch), update, device, step=step,
+                                after_average=lambda m: clip_gradients(m, cfg["grad_clip"]),
                                 where=f"supernet epoch {epoch + 1}")
             progress.report(epoch, loss=stats["loss"], max_subnet_acc=stats["acc"], lr=base_sgd[0] * factor)
     finally:

@@ -1,7 +1,7 @@
 """The RFQuant bit supernet: one weight-shared network that runs at any per-layer (w, a) pair.
 
 Each searchable layer keeps a multi-bit LSQ quantizer for weights and one for activations (one
-step per candidate) and, after it, a BN copy per (w, a) pair (specs/rfquant.md sections 1-2).
+step per candidate) and, after it, a BN copy per (w, a) pair (docs/methods/rfquant.md).
 The candidate lists the supernet may currently use change during training (bit-width scheduler),
 so they live in a `CandidateState` that is saved next to the weights and honoured by the search.
 """
@@ -64,15 +64,17 @@ def build_supernet(model: nn.Module, *, image_size: int, candidates, fixed_bits=
                    depthwise_min_bits: int = 3) -> CandidateState:
     """Wrap a float model as a supernet, in place; returns its (full) candidate state.
 
-    switchable_bn 'pair' gives one BN copy per (w, a) pair; 'none' keeps one shared BN, which then
+    switchable_bn 'pair' gives one BN copy per (w, a) pair; 'recalibrate' keeps one shared BN, which then
     relies on BN calibration before every evaluation.
     """
-    if switchable_bn not in ("pair", "none"):
-        raise ValueError(f"rfquant switchable_bn must be 'pair' or 'none', not {switchable_bn!r}")
+    if switchable_bn == "none":   # the earlier name of 'recalibrate' (supernets saved with it)
+        switchable_bn = "recalibrate"
+    if switchable_bn not in ("pair", "recalibrate"):
+        raise ValueError(f"rfquant switchable_bn must be 'pair' or 'recalibrate', not {switchable_bn!r}")
     _, names, _ = split_layers(model)
     modules = dict(model.named_modules())
     per_layer = [layer_candidates(modules[n], candidates, depthwise_min_bits) for n in names]
-    shared_bn = conv_bn_pairs(model, image_size) if switchable_bn == "none" else None
+    shared_bn = conv_bn_pairs(model, image_size) if switchable_bn == "recalibrate" else None
     convert_model(model, image_size=image_size, weight_candidates=per_layer, act_candidates=per_layer,
                   fixed_bits=fixed_bits, switchable_bn="pair" if switchable_bn == "pair" else None,
                   grad_scale=grad_scale)

@@ -1,14 +1,17 @@
-"""AdaRound (specs/ptq.md section 3): learn for each weight whether to round up or down.
+"""AdaRound (docs/methods/ptq.md): learn for each weight whether to round up or down.
 
     h(V)  = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)        rectified sigmoid
     W_soft = delta * (clamp(floor(W / delta) + h(V) + z, 0, 2^b - 1) - z)
 
 The regulariser pushes h to 0 or 1; its exponent beta anneals from 20 to 2 after a warm-up, so
 rounding is free to move early and frozen to a hard choice (V >= 0 means up) at the end.
+W / delta, the floor, the clamp and the codes are float32 whatever the weight's dtype.
 """
 from __future__ import annotations
 
 import torch
+
+from .affine import F32
 
 ZETA, GAMMA = 1.1, -0.1
 WARMUP = 0.2
@@ -21,15 +24,21 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
 
 def initial_v(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """V with h(V) equal to the fractional part of W / delta: the soft weight starts at W."""
-    scaled = weight / delta
+    scaled = weight.to(F32) / delta.to(F32)
     rest = scaled - torch.floor(scaled)
     return -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)
 
 
+def rounding_codes(weight, v, delta, zero, qmax: int, hard: bool = False) -> torch.Tensor:
+    """clamp(floor(W / delta) + h(V) + z, 0, qmax) in float32; integers when `hard`."""
+    up = (v >= 0).to(F32) if hard else rectified_sigmoid(v.to(F32))
+    return torch.clamp(torch.floor(weight.to(F32) / delta.to(F32)) + up + zero.to(F32), 0, qmax)
+
+
 def soft_weight(weight, v, delta, zero, qmax: int, hard: bool = False) -> torch.Tensor:
     """Weight on the grid with learned rounding; `hard` takes the final up/down decision."""
-    up = (v >= 0).to(weight.dtype) if hard else rectified_sigmoid(v)
-    return delta * (torch.clamp(torch.floor(weight / delta) + up + zero, 0, qmax) - zero)
+    codes = rounding_codes(weight, v, delta, zero, qmax, hard)
+    return (delta.to(F32) * (codes - zero.to(F32))).to(weight.dtype)
 
 
 def rounding_regularizer(v: torch.Tensor, beta: float) -> torch.Tensor:

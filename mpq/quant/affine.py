@@ -1,7 +1,11 @@
 """Uniform affine quantisation on [0, 2^b - 1] with a zero-point, and its Lp range search
-(specs/ptq.md section 2). The PTQ path's grid; the LSQ layers keep the signed grid.
+(docs/methods/ptq.md). The PTQ path's grid; the LSQ layers keep the signed grid.
 
     x_hat = delta * (clamp(round(x / delta) + z, 0, 2^b - 1) - z)
+
+x / delta, the rounding, the clamp and the integer codes are computed in float32 whatever the
+input dtype: under bf16 autocast a bf16 activation divided in bf16 lands on the wrong integer for
+a few percent of the elements. The fake-quantised value goes back in the input's dtype.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ GRIDS = ("affine", "signed")
 SEARCH_STEPS = 80
 SHRINK = 0.01
 LP_NORM = 2.4
+F32 = torch.float32
 
 
 def grid_max(bits: int) -> int:
@@ -22,9 +27,15 @@ def grid_max(bits: int) -> int:
     return 2 ** int(bits) - 1
 
 
+def affine_codes(x: torch.Tensor, delta: torch.Tensor, zero: torch.Tensor, qmax: int) -> torch.Tensor:
+    """The integer codes clamp(round(x / delta) + z, 0, qmax) in float32, straight-through round."""
+    return torch.clamp(round_ste(x.to(F32) / delta.to(F32)) + zero.to(F32), 0, qmax)
+
+
 def affine_quant(x: torch.Tensor, delta: torch.Tensor, zero: torch.Tensor, qmax: int) -> torch.Tensor:
     """Fake-quantise with a straight-through round, so gradients reach x and delta (LSQ-style)."""
-    return delta * (torch.clamp(round_ste(x / delta) + zero, 0, qmax) - zero)
+    codes = affine_codes(x, delta, zero, qmax)
+    return (delta.to(F32) * (codes - zero.to(F32))).to(x.dtype)
 
 
 def _reduce_dims(x: torch.Tensor, per_channel: bool) -> tuple[int, ...]:

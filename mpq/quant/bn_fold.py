@@ -1,4 +1,4 @@
-"""Fold eval-mode BatchNorm into the conv it follows (specs/ptq.md section 1).
+"""Fold eval-mode BatchNorm into the conv it follows (docs/methods/ptq.md).
 
 PTQ quantises the folded weights, so the quantiser sees exactly the weights inference uses and no
 BN statistics need re-estimating afterwards.

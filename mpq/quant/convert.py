@@ -1,7 +1,7 @@
 """Turn a float model into a quantized one in place, and set its bits from outside.
 
 The stem (first conv) and the classifier (last Linear) are fixed layers; every other Conv2d and
-Linear is searchable, in module registration order (specs/README.md, "Searchable layers").
+Linear is searchable, in module registration order (docs/methods/README.md, "Searchable layers").
 """
 from __future__ import annotations
 
@@ -71,6 +71,12 @@ def _wrap(layer, quan_w, quan_a):
     return cls(layer, quan_w, quan_a)
 
 
+def lsq_options(quant_cfg: dict) -> dict:
+    """The LSQ keyword arguments of convert_model that the config's `quant` section sets."""
+    return {"grad_scale": quant_cfg.get("grad_scale", True),
+            "grad_scale_numel": quant_cfg.get("grad_scale_numel", "tensor")}
+
+
 def convert_model(model: nn.Module, *, image_size: int, weight_candidates, act_candidates,
                   fixed_bits=DEFAULT_FIXED_BITS, switchable_bn: str | None = None,
                   grad_scale: bool = True, grad_scale_numel: str = "tensor",
@@ -114,7 +120,8 @@ def convert_model(model: nn.Module, *, image_size: int, weight_candidates, act_c
         layer = modules[name]
         qw = weight_q(layer, [wb or 8])
         qw.init_weight_steps(layer.weight)
-        qa = None if name == stem else LsqQuantizer([ab or 8], "act", signed=False, **common)
+        qa = None if name == stem else LsqQuantizer([ab or 8], "act", signed=name in signed_inputs,
+                                                     **common)
         wrapped = _wrap(layer, qw, qa)
         wrapped.set_bits(wb, ab)
         _swap(model, name, wrapped)
@@ -155,6 +162,14 @@ def set_policy_bits(model: nn.Module, w_bits: Sequence[int], a_bits: Sequence[in
 def set_uniform_bits(model: nn.Module, bits: int, a_bits: int | None = None) -> None:
     n = len(searchable_layers(model))
     set_policy_bits(model, [bits] * n, [bits if a_bits is None else a_bits] * n)
+
+
+def use_fc_scale_trick(model: nn.Module, enabled: bool = True) -> None:
+    """Turn the SAT classifier scaling of the LIMPQ finetune on the fixed classifier (QuantLinear)."""
+    classifier = model.get_submodule(getattr(model, "mpq_fixed", (None, None))[1] or "")
+    if not isinstance(classifier, QuantLinear):
+        raise ValueError("fc_scale_trick needs a converted model whose classifier is a QuantLinear")
+    classifier.fc_scale_trick = bool(enabled)
 
 
 def quant_modules(model: nn.Module):

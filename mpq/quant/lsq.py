@@ -1,7 +1,11 @@
 """LSQ quantizer with one learnable step per candidate bit-width.
 
 A single-bit LSQ is the same module with one candidate, so indicator training, the supernet and
-QAT finetuning share one implementation (specs/limpq.md section 1).
+QAT finetuning share one implementation (docs/methods/lsq.md).
+
+Every kernel computes x/s, the clamp, the rounding and the integer codes in float32 whatever
+the input dtype: a bf16 input (under autocast) divided in bf16 lands on the wrong integer for a
+few percent of the elements at 6 bits. The fake-quant output goes back in the input's dtype.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from torch import nn
 
 
 def int_range(bits: int, signed: bool, symmetric: bool = False) -> tuple[int, int]:
-    """Integer grid [Qn, Qp] for a bit-width (specs/limpq.md section 1 table)."""
+    """Integer grid [Qn, Qp] for a bit-width (docs/methods/lsq.md)."""
     if not 2 <= bits <= 8:
         raise ValueError(f"bit-width {bits} is not supported; use 2..8 (None or 32 for full precision)")
     if not signed:
@@ -30,34 +34,57 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def scale_grad(x: torch.Tensor, g: float) -> torch.Tensor:
-    """Same value as x, gradient multiplied by g."""
+    """Exactly the value of x, gradient multiplied by g.
+
+    Written x + (xg - xg) with the first two detached: the reference's (x - xg) + xg can land
+    an ulp off x, which would move a code and make the kernels differ.
+    """
     xg = x * g
-    return (x - xg).detach() + xg
+    return x.detach() + (xg - xg.detach())
+
+
+F32 = torch.float32
 
 
 def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
     """Reference LSQ: clamp(x/s) before rounding, STE round; autograd yields the LSQ gradients."""
-    return round_ste(torch.clamp(x / step, qn, qp)) * step
+    step = step.to(F32)
+    return (round_ste(torch.clamp(x.to(F32) / step, qn, qp)) * step).to(x.dtype)
+
+
+def lsq_codes_ste(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+    """The codes round(clamp(x/s)) as exact fp32 integers, with gradients such that
+    step.detach() * codes has the LSQ gradients: d/dx = 1/s inside, d/ds = (round(u) - u)/s
+    inside and Qn/s, Qp/s outside.
+
+    The whole step gradient rides on the codes (the scale is applied detached): splitting it as
+    codes + s * d codes/ds would add two large terms that cancel, losing bf16 precision.
+    """
+    with torch.no_grad():
+        codes = lsq_integers(x, step, qn, qp)
+    y = lsq_fake_quant(x.to(F32), step, qn, qp) / step.detach().to(F32)
+    return codes + (y - y.detach())
 
 
 def lsq_integers(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
-    """The integer codes LSQ assigns to x (no gradient); fake-quant equals step * codes."""
+    """The integer codes LSQ assigns to x, as fp32 (no gradient); fake-quant equals step * codes."""
     with torch.no_grad():
-        return torch.clamp(x / step, qn, qp).round()
+        return torch.clamp(x.to(F32) / step.to(F32), qn, qp).round()
 
 
 def _fused_forward(x, step, qn, qp):
-    return torch.clamp(x / step, qn, qp).round() * step
+    return (torch.clamp(x.to(F32) / step, qn, qp).round() * step).to(x.dtype)
 
 
 def _fused_backward(grad, x, step, qn, qp):
     """d/dx = 1 strictly inside (Qn, Qp), else 0; d/ds = round(u) - u inside, Qn / Qp outside."""
-    u = x / step
+    u = x.to(F32) / step
+    grad = grad.to(F32)
     inside = (u > qn) & (u < qp)
     grad_x = torch.where(inside, grad, torch.zeros_like(grad))
     ds = torch.clamp(u, qn, qp).round() - torch.where(inside, u, torch.zeros_like(u))
-    grad_s = (grad * ds).float().sum_to_size(step.shape)
-    return grad_x, grad_s
+    grad_s = (grad * ds).sum_to_size(step.shape)
+    return grad_x.to(x.dtype), grad_s
 
 
 def _compiled(fn):
@@ -75,7 +102,18 @@ def _compiled(fn):
     return call
 
 
+def _codes_forward(x, step, qn, qp):
+    return torch.clamp(x.to(F32) / step, qn, qp).round()
+
+
+def _codes_backward(grad, x, step, qn, qp):
+    """The LSQ backward divided by s: what the codes carry when the scale is applied detached."""
+    grad_x, grad_s = _fused_backward(grad, x.to(F32), step, qn, qp)
+    return (grad_x / step).to(x.dtype), grad_s / step
+
+
 _compiled_forward, _compiled_backward = _compiled(_fused_forward), _compiled(_fused_backward)
+_compiled_codes_forward, _compiled_codes_backward = _compiled(_codes_forward), _compiled(_codes_backward)
 
 
 def _use_compiled(x: torch.Tensor) -> bool:
@@ -94,14 +132,15 @@ def _eager_forward(x, step, qn, qp):
     than float arithmetic). So no mask is built: the backward derives it from u with
     hardtanh_backward, whose "strictly inside (lo, hi)" rule is exactly LSQ's.
     """
-    u = x / step
+    u = x.to(F32) / step
     out = torch.clamp(u, qn, qp).round_().mul_(step)
-    return out, u
+    return out.to(x.dtype), u
 
 
 def _eager_backward(grad, u, step, qn, qp):
     """grad_x = grad inside (Qn, Qp), else 0. ds = round(c) - [c if inside] with c = clamp(u):
     round(u) - u inside and Qn / Qp outside, the LSQ step gradient."""
+    grad = grad.to(F32)
     grad_x = _hardtanh_backward(grad, u, qn, qp)
     c = torch.clamp(u, qn, qp)
     ds = _hardtanh_backward(c, u, qn, qp)
@@ -115,7 +154,7 @@ class _FusedLsq(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, step, qn, qp, g):
-        ctx.qn, ctx.qp, ctx.g = qn, qp, g
+        ctx.qn, ctx.qp, ctx.g, ctx.x_dtype = qn, qp, g, x.dtype
         ctx.compiled = _use_compiled(x)
         if ctx.compiled:   # one generated kernel each way; only x and s are saved
             ctx.save_for_backward(x, step)
@@ -134,7 +173,35 @@ class _FusedLsq(torch.autograd.Function):
             grad_x, grad_s = _eager_backward(grad, u, step, ctx.qn, ctx.qp)
         if ctx.g != 1.0:
             grad_s = grad_s * ctx.g
-        return grad_x, grad_s.to(step.dtype), None, None, None
+        return grad_x.to(ctx.x_dtype), grad_s.to(step.dtype), None, None, None
+
+
+class _LsqCodes(torch.autograd.Function):
+    """lsq_codes_ste with the grad-scale trick in one Function: the LSQ backward divided by s."""
+
+    @staticmethod
+    def forward(ctx, x, step, qn, qp, g):
+        ctx.qn, ctx.qp, ctx.g, ctx.x_dtype = qn, qp, g, x.dtype
+        ctx.compiled = _use_compiled(x)
+        if ctx.compiled:
+            ctx.save_for_backward(x, step)
+            return _compiled_codes_forward(x, step, _bound(qn, x), _bound(qp, x))
+        u = x.to(F32) / step
+        ctx.save_for_backward(u, step)
+        return torch.clamp(u, qn, qp).round_()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.compiled:
+            x, step = ctx.saved_tensors
+            grad_x, grad_s = _compiled_codes_backward(grad, x, step, _bound(ctx.qn, x), _bound(ctx.qp, x))
+        else:
+            u, step = ctx.saved_tensors
+            grad_x, grad_s = _eager_backward(grad, u, step, ctx.qn, ctx.qp)
+            grad_x, grad_s = grad_x.div_(step), grad_s / step
+        if ctx.g != 1.0:
+            grad_s = grad_s * ctx.g
+        return grad_x.to(ctx.x_dtype), grad_s.to(step.dtype), None, None, None
 
 
 def _bound(value: int, like: torch.Tensor) -> torch.Tensor:
@@ -152,7 +219,13 @@ def lsq_fake_quant_fused(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
 
     `step` is a scalar or broadcasts against x (per-channel: shape (C, 1, ...)).
     """
-    return _FusedLsq.apply(x, step, qn, qp, float(grad_scale))
+    return _FusedLsq.apply(x, step.to(F32), qn, qp, float(grad_scale))
+
+
+def lsq_codes_fused(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
+                    grad_scale: float = 1.0) -> torch.Tensor:
+    """Same values and gradients as lsq_codes_ste(x, scale_grad(step, grad_scale), qn, qp)."""
+    return _LsqCodes.apply(x, step.to(F32), qn, qp, float(grad_scale))
 
 
 def is_full_precision(bits) -> bool:
@@ -314,6 +387,27 @@ class LsqQuantizer(nn.Module):
         if is_full_precision(self.bits):
             return x
         return self.fake_quant(x, *self.prepare(x))
+
+    def codes_and_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The code-domain interface of mpq.quant.layers.CodeQuantizer: forward(x) equals
+        scale * codes, values and gradients; the scale is detached and the codes carry the
+        whole LSQ gradient to x and to the step (see lsq_codes_ste).
+
+        None where codes cannot stand in for forward: full precision, or a subclass that
+        changed forward without providing its own codes_and_scale (e.g. oscillation freezing).
+        """
+        if is_full_precision(self.bits) or not self._codes_match_forward():
+            return None
+        step, qn, qp, g = self.prepare(x)
+        if self.fused:
+            codes = lsq_codes_fused(x, step, qn, qp, g)
+        else:
+            codes = lsq_codes_ste(x, scale_grad(step, g) if g != 1.0 else step, qn, qp)
+        return codes, step.detach().to(F32)
+
+    def _codes_match_forward(self) -> bool:
+        cls = type(self)
+        return cls.forward is LsqQuantizer.forward or cls.codes_and_scale is not LsqQuantizer.codes_and_scale
 
     @torch.no_grad()
     def integer_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:

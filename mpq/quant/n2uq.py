@@ -1,9 +1,10 @@
-"""N2UQ: learnable non-uniform input thresholds with uniform output levels (specs/n2uq.md).
+"""N2UQ: learnable non-uniform input thresholds with uniform output levels (docs/methods/n2uq.md).
 
 The activation quantizer (LTQ) learns where its thresholds sit but always emits the integers
 0..K times one scale, so the hardware sees a uniform grid. Its backward is the generalised STE:
 the gradient of the piecewise-linear surrogate F whose rounding is the forward. Weights use the
-L1-scaled quantizer with no zero level. Per-layer bits come from the policy.
+L1-scaled quantizer with no zero level. Per-layer bits come from the policy. Both quantizers
+compute in fp32 under autocast and expose `codes_and_scale` (exact integer codes and the scale).
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from .convert import searchable_layers
 from .lsq import is_full_precision
 
 EPS = 1e-3
+
+
+def fp32_compute(x: torch.Tensor):
+    """Autocast off: scaling, thresholds and rounding must see fp32, or bf16 moves the codes."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _edges(scale1, start, widths, eps):
@@ -30,24 +36,24 @@ def ltq_surrogate(x, scale1, start, widths, scale2, eps: float = EPS):
     return scale2 * delta * torch.clamp((u - d[:-1]) / a, 0, 1).sum(-1)
 
 
-class _Ltq(torch.autograd.Function):
-    """Forward: δ·#{thresholds below u}. Backward: the closed forms of spec section 3."""
+class _LtqCodes(torch.autograd.Function):
+    """Forward: the code #{i : scale1·x > T_i} in 0..K (fp32). Backward: G-STE, the gradient of F/δ.
+
+    The output scale scale2·δ is applied outside, so autograd gives scale2 its gradient x_q.
+    """
 
     @staticmethod
-    def forward(ctx, x, scale1, start, widths, scale2, eps):
-        delta = 2.0 / widths.numel()
+    def forward(ctx, x, scale1, start, widths, eps):
         a, d = _edges(scale1, start, widths, eps)
         u = scale1 * x.float()
-        level = torch.bucketize(u, d[:-1] + a / 2)        # #{i : u > T_i}
-        ctx.save_for_backward(x, scale1, start, widths, scale2)
+        ctx.save_for_backward(x, scale1, start, widths)
         ctx.eps = eps
-        return scale2 * delta * level
+        return torch.bucketize(u, d[:-1] + a / 2).float()
 
     @staticmethod
     def backward(ctx, grad):
-        x, scale1, start, widths, scale2 = ctx.saved_tensors
+        x, scale1, start, widths = ctx.saved_tensors
         eps, K = ctx.eps, widths.numel()
-        delta = 2.0 / K
         a, d = _edges(scale1, start, widths, eps)
         xf = x.float()
         u = scale1 * xf
@@ -55,26 +61,22 @@ class _Ltq(torch.autograd.Function):
         inside = (seg >= 1) & (seg <= K)
         k = (seg.clamp(1, K) - 1).flatten()
         a_k, d_prev = a[k].view_as(u), d[k].view_as(u)
-        g = grad.float() * scale2
+        g = grad.float()
         zero = torch.zeros_like(u)
-        slope = torch.where(inside, delta / a_k, zero)
-        grad_u = g * slope
-        own = torch.where(inside, -g * delta * (u - d_prev) / a_k.square(), zero)
+        grad_u = torch.where(inside, g / a_k, zero)
+        own = torch.where(inside, -g * (u - d_prev) / a_k.square(), zero)
         shift = torch.zeros(K, device=u.device).index_add_(0, k, -grad_u.flatten())
         later = shift.flip(0).cumsum(0).flip(0) - shift    # Σ_{k > j} of the shift terms
         own_sum = torch.zeros(K, device=u.device).index_add_(0, k, own.flatten())
         grad_widths = (own_sum + later) * (widths > eps)
-        level = torch.bucketize(u, d[:-1] + a / 2)
-        grad_scale2 = (grad.float() * delta * level).sum()
         return ((grad_u * scale1).to(x.dtype), (grad_u * xf).sum().reshape(scale1.shape),
-                shift.sum().reshape(start.shape), grad_widths.to(widths.dtype),
-                grad_scale2.reshape(scale2.shape), None)
+                shift.sum().reshape(start.shape), grad_widths.to(widths.dtype), None)
 
 
 class LtqQuantizer(nn.Module):
     """Learnable-threshold activation quantizer at a fixed bit-width (K = 2^b - 1 intervals).
 
-    Scalars per layer, initialised as a uniform quantizer on [0, 2] (spec section 2).
+    Scalars per layer, initialised as a uniform quantizer on [0, 2].
     """
 
     def __init__(self, bits: int, eps: float = EPS):
@@ -94,10 +96,20 @@ class LtqQuantizer(nn.Module):
                              f"it cannot run at {bits} bits")
         self.bits = bits
 
+    def codes_and_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(codes 0..K as fp32 with the G-STE gradient, scalar scale scale2·2/K), computed in
+        fp32; None at full precision. Code 0 is the value 0, so zero padding stays exact."""
+        if is_full_precision(self.bits):
+            return None
+        with fp32_compute(x):
+            codes = _LtqCodes.apply(x, self.scale1, self.start, self.widths, self.eps)
+            return codes, self.scale2 * (2.0 / self.widths.numel())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_full_precision(self.bits):
             return x
-        return _Ltq.apply(x, self.scale1, self.start, self.widths, self.scale2, self.eps)
+        codes, scale = self.codes_and_scale(x)
+        return codes * scale
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, intervals={self.widths.numel()}"
@@ -106,15 +118,30 @@ class LtqQuantizer(nn.Module):
 def l1_weight_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel s_c = γ_n·mean|W_c|, levels ±1/(2^n−1), ±3/(2^n−1), … ±1 (no zero).
 
-    The value is s_c·Q; the gradient is that of W/s_c (1/s_c, no clipping mask), spec section 4.
+    The value is s_c·Q; the gradient is that of W/s_c (1/s_c, no clipping mask).
+    """
+    codes, scale = l1_weight_codes(w, bits)
+    return codes * scale
+
+
+def l1_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(odd integer codes in [-(2^n-1), 2^n-1] as fp32, per-channel scale s_c/(2^n-1)).
+
+    codes * scale is the quantized weight s_c·Q. The reference's straight-through path is W/s_c
+    (gradient 1/s_c, no clipping mask), so the codes carry W/(s_c·scale) as their gradient path.
+    Computed in fp32 under autocast, so the codes do not depend on the autocast dtype.
     """
     levels = 2**bits - 1
     gamma = levels / 2 ** (bits - 1)
     shape = (-1,) + (1,) * (w.dim() - 1)
-    scale = (gamma * w.detach().abs().flatten(1).mean(1)).clamp_min(1e-12).view(shape)
-    scaled = w / scale
-    q = 2 * torch.round((scaled.detach().clamp(-1, 1) + 1) * levels / 2) / levels - 1
-    return scaled + (scale * q - scaled).detach()
+    with fp32_compute(w):
+        wf = w.float()
+        s_c = (gamma * wf.detach().abs().flatten(1).mean(1)).clamp_min(1e-12).view(shape)
+        scale = s_c / levels
+        unit = (wf.detach() / s_c).clamp(-1, 1)              # W̃ = clip(W / s_c, -1, 1)
+        odd = 2 * torch.round((unit + 1) * levels / 2) - levels
+        path = wf / (s_c * scale)
+        return odd + (path - path.detach()), scale
 
 
 class L1WeightQuantizer(nn.Module):
@@ -129,6 +156,11 @@ class L1WeightQuantizer(nn.Module):
             raise ValueError(f"N2UQ weight bit-width {bits} is not supported; use 2..8")
         self.bits = bits
 
+    def codes_and_scale(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(odd integer codes as fp32, per-output-channel scale s_c/(2^n-1) shaped (C, 1, ...));
+        None at full precision."""
+        return None if is_full_precision(self.bits) else l1_weight_codes(w, self.bits)
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w if is_full_precision(self.bits) else l1_weight_quant(w, self.bits)
 
@@ -139,11 +171,12 @@ class L1WeightQuantizer(nn.Module):
 def use_n2uq_quantizers(model: nn.Module) -> None:
     """Swap every searchable layer's quantizers for N2UQ ones at that layer's current bits.
 
-    Layers with a signed input keep their LSQ activation quantizer: an LTQ's output is in [0, 2]
-    and would drop the negative half (the reference puts an RPReLU in front instead). The fixed
-    stem and classifier stay W8A8 LSQ (the project convention, spec section 6).
+    An LTQ's output is in [0, 2], so a layer with a signed input keeps its LSQ activation
+    quantizer, unless it is one of the model's `rprelu_layers` (mpq.models.rprelu): there the
+    reference puts the LTQ after a learnable shift and PReLU, whose output it learns to place in
+    the LTQ's range. The fixed stem and classifier stay W8A8 LSQ (the project convention).
     """
-    signed = set(getattr(model, "signed_inputs", ()))
+    signed = set(getattr(model, "signed_inputs", ())) - set(getattr(model, "rprelu_layers", ()))
     for name, layer in searchable_layers(model):
         w_bits, a_bits = layer.bits
         layer.quan_w = L1WeightQuantizer(w_bits).to(layer.weight.device)

@@ -1,7 +1,7 @@
 """Weight oscillations in LSQ QAT: tracking, dampening, iterative freezing, MSE range init.
 
 Latent weights near a bin edge flip between two integers every few steps and never settle
-(specs/oscillations.md). Each low-bit weight quantizer gets a tracker with the per-element state
+(docs/methods/oscillations.md). Each low-bit weight quantizer gets a tracker with the per-element state
 of section 3; dampening pulls weights to the centre of their bin (section 4); freezing pins
 elements whose oscillation frequency passes a falling threshold (section 5).
 """
@@ -80,20 +80,39 @@ def cosine_anneal(t: int, total: int, start: float, final: float, anneal_start: 
 class OscillationTracker(nn.Module):
     """Per-element oscillation state of one weight tensor (spec section 3); all of it checkpointed.
 
-    `threshold` is set from outside each iteration (0 = no freezing).
+    `threshold` is set from outside each iteration (0 = no freezing). As in the reference, the
+    integer EMA that gives the frozen values exists only once freezing is on: it is seeded with
+    the codes of the first iteration whose threshold is > 0 and updated only while it stays > 0
+    (docs/methods/oscillations.md). All state is float32 (int8/bool), whatever the autocast.
     """
 
     def __init__(self, shape, momentum: float, use_ema: bool = True):
         super().__init__()
         self.momentum, self.use_ema, self.threshold = float(momentum), bool(use_ema), 0.0
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("prev_int", torch.zeros(shape))
+        self.register_buffer("ema_started", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("prev_int", torch.zeros(shape, dtype=torch.float32))
         self.register_buffer("last_dir", torch.zeros(shape, dtype=torch.int8))
-        self.register_buffer("freq", torch.zeros(shape))
-        self.register_buffer("ema_int", torch.zeros(shape))
+        self.register_buffer("freq", torch.zeros(shape, dtype=torch.float32))
+        self.register_buffer("ema_int", torch.zeros(shape, dtype=torch.float32))
         self.register_buffer("frozen", torch.zeros(shape, dtype=torch.bool))
-        self.register_buffer("frozen_int", torch.zeros(shape))
+        self.register_buffer("frozen_int", torch.zeros(shape, dtype=torch.float32))
         self.register_buffer("oscillating", torch.zeros(()), persistent=False)
+        self._flags = {"started": False, "ema_started": False}   # Python mirrors: no GPU sync per step
+
+    def _is_set(self, name: str) -> bool:
+        """A flag buffer, read from the device only until it is true (it never turns false)."""
+        if not self._flags[name]:
+            self._flags[name] = bool(getattr(self, name))
+        return self._flags[name]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._flags = dict.fromkeys(self._flags, False)   # re-read from the loaded buffers
+
+    def _raise_flag(self, name: str) -> None:
+        getattr(self, name).fill_(True)
+        self._flags[name] = True
 
     def apply_frozen(self, codes: torch.Tensor) -> torch.Tensor:
         return torch.where(self.frozen, self.frozen_int, codes)
@@ -102,10 +121,9 @@ class OscillationTracker(nn.Module):
     def update(self, codes: torch.Tensor) -> None:
         """One training iteration; `codes` already has the frozen values applied."""
         codes = codes.to(self.prev_int.dtype)
-        if not self.started:
+        if not self._is_set("started"):
             self.prev_int.copy_(codes)
-            self.ema_int.copy_(codes)
-            self.started.fill_(True)
+            self._raise_flag("started")
         m = self.momentum
         direction = torch.sign(codes - self.prev_int).to(torch.int8)
         moved = direction != 0
@@ -114,13 +132,24 @@ class OscillationTracker(nn.Module):
         self.freq.mul_(1 - m).add_(osc.to(self.freq.dtype), alpha=m)
         self.oscillating.copy_(osc.float().mean())
         if self.threshold > 0:
-            new = (self.freq > self.threshold) & ~self.frozen
-            value = self.ema_int.round() if self.use_ema else codes
-            # New tensors, not in-place: this step's forward saved the old ones for backward.
-            self.frozen_int = torch.where(new, value, self.frozen_int)
-            self.frozen = self.frozen | new
-        self.ema_int.mul_(1 - m).add_(codes, alpha=m)
+            self._freeze(codes)
         self.prev_int.copy_(codes)
+
+    def _freeze(self, codes: torch.Tensor) -> None:
+        """Pin every element above the threshold to round(EMA before this step's update).
+
+        As in the reference, an element that is already frozen but still above the threshold
+        takes the new rounded EMA too; an element never thaws.
+        """
+        if not self._is_set("ema_started"):
+            self.ema_int.copy_(codes)
+            self._raise_flag("ema_started")
+        hot = self.freq > self.threshold
+        value = self.ema_int.round() if self.use_ema else codes
+        # New tensors, not in-place: this step's forward saved the old ones for backward.
+        self.frozen_int = torch.where(hot, value, self.frozen_int)
+        self.frozen = self.frozen | hot
+        self.ema_int.mul_(1 - self.momentum).add_(codes, alpha=self.momentum)
 
 
 class TrackedLsqQuantizer(LsqQuantizer):
@@ -198,7 +227,9 @@ class OscillationControl:
         self.t, self.dampen_weight = 0, 0.0
 
     def begin_iteration(self) -> None:
-        o, t = self.options, self.t
+        """Set this iteration's weights; the schedules count iterations from 1, as the reference's
+        trainer does when it updates them (ignite's ITERATION_STARTED)."""
+        o, t = self.options, self.t + 1
         if o.mode == "dampen":
             self.dampen_weight = cosine_anneal(t, self.total, o.dampen_weight_start,
                                                o.dampen_weight_final, o.anneal_start)

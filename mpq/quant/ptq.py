@@ -1,9 +1,11 @@
-"""Post-training quantisation of an FP32 model to any policy (specs/ptq.md section 1).
+"""Post-training quantisation of an FP32 model to any policy (docs/methods/ptq.md).
 
 Fold BN; MSE-initialise per-channel weight grids; AdaRound block by block against the FP outputs
 (inputs from the already-quantised network, activations unquantised); MSE-initialise the
 activation steps on the first images, then learn them block by block from FP inputs. No weight
-is trained and no label is used.
+is trained and no label is used. Activation quantisers sit where BRECQ puts them (block outputs)
+unless `act_placement: input`; calibration images are training crops with the training
+augmentation unless `calib_transform: eval`.
 """
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ import time
 import torch
 from torch import nn
 
+from ..data.calibration import calibration_images
 from .bn_fold import fold_batchnorm
-from .ptq_layers import convert_to_ptq, set_act_quant
+from .ptq_layers import ACT_PLACEMENTS, convert_to_ptq, set_act_quant
 from .reconstruction import capture, reconstruct_acts, reconstruct_weights, reconstruction_units
 
 log = logging.getLogger("mpq")
 
 DEFAULTS = {
-    "calib_images": 1024,      # training images, evaluation transform
+    "calib_images": 1024,      # training images
+    "calib_transform": "train",  # train (augmented crops, as BRECQ) | eval
+    "act_placement": "output",   # output (BRECQ: block outputs) | input (each layer's input)
     "batch_size": 32,          # reconstruction batch, sampled from the cache
     "iters_w": 20000,          # AdaRound iterations per unit
     "iters_a": 5000,           # activation-step iterations per unit
@@ -35,6 +40,7 @@ DEFAULTS = {
     "weight_grid": "affine",   # affine | signed
     "loss": "mse",
 }
+CALIB_TRANSFORMS = ("train", "eval")
 # Keys every finetune recipe carries (the config schema fills the QAT defaults in): not PTQ settings.
 IGNORED = ("method", "epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
            "warmup_epochs", "min_lr", "label_smoothing", "bn_recalibration_images")
@@ -47,6 +53,9 @@ def ptq_settings(recipe: dict | None) -> dict:
     if unknown:
         raise ValueError(f"unknown ptq setting(s) {unknown}; known: {', '.join(DEFAULTS)}")
     cfg = {**DEFAULTS, **recipe}
+    for key, choices in (("act_placement", ACT_PLACEMENTS), ("calib_transform", CALIB_TRANSFORMS)):
+        if cfg[key] not in choices:
+            raise ValueError(f"ptq {key} {cfg[key]!r} is unknown; use one of {', '.join(choices)}")
     if cfg["loss"] != "mse":
         raise ValueError(f"ptq loss {cfg['loss']!r} is not supported; use 'mse' (Fisher weighting is not implemented)")
     if int(cfg["calib_images"]) < 1 or int(cfg["batch_size"]) < 1 or int(cfg["iters_w"]) < 0 \
@@ -55,10 +64,19 @@ def ptq_settings(recipe: dict | None) -> dict:
     return cfg
 
 
-def prepare_ptq_model(model: nn.Module, policy, grid: str = "affine", init_ranges: bool = True) -> nn.Module:
+def calibration_set(train_dataset, cfg: dict, seed: int) -> torch.Tensor:
+    """The calibration images of a PTQ run: `calib_images` training images, fixed by the seed,
+    through the training augmentation (BRECQ draws them from its training loader) or the
+    evaluation transform."""
+    return calibration_images(train_dataset, int(cfg["calib_images"]), seed,
+                              augment=cfg["calib_transform"] == "train")
+
+
+def prepare_ptq_model(model: nn.Module, policy, grid: str = "affine", init_ranges: bool = True,
+                      act_placement: str = "output") -> nn.Module:
     """Fold BN and swap in PTQ layers at the policy's bits (in place)."""
     fold_batchnorm(model, policy.image_size)
-    convert_to_ptq(model, policy, grid=grid, init_ranges=init_ranges)
+    convert_to_ptq(model, policy, grid=grid, init_ranges=init_ranges, act_placement=act_placement)
     model.requires_grad_(False)
     return model.eval()
 
@@ -71,7 +89,7 @@ def ptq_quantize(fp32: nn.Module, policy, images: torch.Tensor, recipe: dict | N
     device = next(fp32.parameters()).device
     images = images.to(device)
     reference = fold_batchnorm(copy.deepcopy(fp32).eval(), policy.image_size).requires_grad_(False)
-    model = prepare_ptq_model(copy.deepcopy(fp32), policy, cfg["weight_grid"])
+    model = prepare_ptq_model(copy.deepcopy(fp32), policy, cfg["weight_grid"], act_placement=cfg["act_placement"])
     generator = torch.Generator().manual_seed(int(seed))
     batch, units = int(cfg["batch_size"]), reconstruction_units(model)
     stats = {name: {} for name in units}

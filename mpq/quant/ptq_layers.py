@@ -1,9 +1,14 @@
-"""Conv2d / Linear for the PTQ path: per-channel affine weights with optional AdaRound, and an
-affine quantiser on the input (specs/ptq.md sections 2-5).
+"""Conv2d / Linear for the PTQ path: per-channel affine weights with optional AdaRound, and where
+activation quantisers sit (docs/methods/ptq.md).
 
-Inputs are quantised on the consuming layer, so every quantised layer's input is quantised exactly
-once at that layer's own bits; a block's output is quantised by the next block's first conv and
-shortcut. The stem's input (the image) stays float; the logits are never quantised.
+Two placements of the activation quantisers:
+- 'output' (BRECQ, the default): one quantiser after each block's add + ReLU, one after the stem's
+  conv-BN-ReLU at the stem's fixed bits (8), and input quantisers only inside blocks (the inputs
+  of a block's later main-path convs, i.e. after its internal ReLUs). A block's first conv, its
+  downsample and the classifier read an already quantised block output and have none.
+- 'input': every layer but the stem quantises its own input at its own policy bits (the image
+  stays float), so mixed activation bits map onto the model exactly.
+The logits are never quantised.
 
 Checkpoints hold the integer weights (`w_int`, uint8 on [0, 2^b - 1]) with `w_delta` and `w_zero`
 instead of float weights; loading turns them back into weights exactly on the grid.
@@ -14,9 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adaround import initial_v, soft_weight
-from .affine import AffineActQuantizer, affine_quant, grid_max, mse_range
+from ..probe import probe_forward
+from .adaround import initial_v, rounding_codes, soft_weight
+from .affine import AffineActQuantizer, affine_codes, affine_quant, grid_max, mse_range
+from .blocks import find_blocks
 from .convert import _swap, split_layers
+
+ACT_PLACEMENTS = ("output", "input")
+OUTPUT_QUANTIZER = "act_out"          # child name of a module whose output is quantised
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
 class _PtqMixin:
@@ -44,9 +55,16 @@ class _PtqMixin:
         return affine_quant(self.weight, self.w_delta, self.w_zero, qmax)
 
     @torch.no_grad()
+    def weight_codes(self) -> torch.Tensor:
+        """Integer codes of the weights (hard rounding while AdaRound is running), float32."""
+        qmax = grid_max(self.w_bits)
+        if self.rounding is not None:
+            return rounding_codes(self.weight, self.rounding, self.w_delta, self.w_zero, qmax, hard=True)
+        return affine_codes(self.weight, self.w_delta, self.w_zero, qmax)
+
+    @torch.no_grad()
     def integer_weight(self) -> torch.Tensor:
-        q = torch.round(self.quantized_weight() / self.w_delta) + self.w_zero
-        return q.clamp(0, grid_max(self.w_bits)).to(torch.uint8)
+        return self.weight_codes().to(torch.uint8)
 
     def start_rounding(self) -> nn.Parameter:
         """Make the rounding learnable (soft weights start at the float weights)."""
@@ -110,30 +128,100 @@ class PtqLinear(_PtqMixin, nn.Linear):
 PTQ_LAYERS = (PtqConv2d, PtqLinear)
 
 
-def convert_to_ptq(model: nn.Module, policy, *, grid: str = "affine", init_ranges: bool = True) -> nn.Module:
-    """Swap every conv/linear for its PTQ layer at the policy's bits, in place.
-
-    Fixed layers take policy.fixed_bits: the stem's weights (its input stays float) and the
-    classifier's weights and input.
-    """
-    stem, searchable, classifier = split_layers(model)
-    policy.check_model(searchable)
-    (stem_w, _), (cls_w, cls_a) = policy.fixed_bits
-    bits = {stem: (stem_w, None), classifier: (cls_w, cls_a),
-            **{n: (w, a) for n, w, a in zip(policy.names, policy.w_bits, policy.a_bits)}}
-    for name, (w, a) in bits.items():
+def convert_to_ptq(model: nn.Module, policy, *, grid: str = "affine", init_ranges: bool = True,
+                   act_placement: str = "output") -> nn.Module:
+    """Swap every conv/linear for its PTQ layer at the policy's bits and add the activation
+    quantisers of `act_placement`, in place. Call after BN folding (the placement probe needs
+    the stem's activation to follow the stem conv directly)."""
+    stem, _, classifier = split_layers(model)
+    inputs, outputs = act_quantizer_bits(model, policy, act_placement)
+    (stem_w, _), (cls_w, _) = policy.fixed_bits
+    w_bits = {stem: stem_w, classifier: cls_w, **dict(zip(policy.names, policy.w_bits))}
+    for name, w in w_bits.items():
         layer = model.get_submodule(name)
         cls = PtqConv2d if isinstance(layer, nn.Conv2d) else PtqLinear
-        new = cls(layer, w, a, grid=grid, init_ranges=init_ranges, quant_input=name != stem)
+        new = cls(layer, w, inputs.get(name), grid=grid, init_ranges=init_ranges, quant_input=name in inputs)
         _swap(model, name, new)
+    for name, bits in outputs.items():
+        attach_output_quantizer(model.get_submodule(name), bits)
     return model
+
+
+# --- placement ------------------------------------------------------------------------------
+def act_quantizer_bits(model: nn.Module, policy, act_placement: str = "output") -> tuple[dict, dict]:
+    """(bits of each layer's input quantiser, bits of each module's output quantiser).
+
+    Policy a-bits are the bits of a layer's input. 'output' maps them as BRECQ places its
+    quantisers: a block's output takes the a-bits of the next block's entry layers (first conv and
+    downsample; the larger if they differ), the last block's output (the classifier's input) its
+    own activation bits (those of its last main conv), the stem's output the stem's fixed a-bits.
+    """
+    if act_placement not in ACT_PLACEMENTS:
+        raise ValueError(f"ptq act_placement {act_placement!r} is unknown; use one of {', '.join(ACT_PLACEMENTS)}")
+    stem, searchable, classifier = split_layers(model)
+    policy.check_model(searchable)
+    (_, stem_a), (_, cls_a) = policy.fixed_bits
+    a_bits = {**dict(zip(policy.names, policy.a_bits)), classifier: cls_a}
+    if act_placement == "input":
+        return a_bits, {}
+    blocks = find_blocks(model)
+    stem_block = next((b for b in blocks if stem in b.layers), None)
+    chain = [b for b in blocks if b is not stem_block]
+    in_blocks = {n for b in blocks for n in b.layers}
+    loose = [n for n in searchable if n not in in_blocks]
+    if not chain or loose:
+        raise ValueError(f"ptq act_placement 'output' needs a chain stem -> blocks -> classifier; this model has "
+                         f"{len(chain)} blocks and layers outside blocks {loose[:3]}: use act_placement: input")
+    inputs = {n: a_bits[n] for b in blocks for n in b.main[1:]}
+    stem_unit = stem_block.name if stem_block else stem_activation(model, stem, policy.image_size)
+    outputs = {stem_unit: stem_a}
+    for block, following in zip(chain, chain[1:]):
+        outputs[block.name] = max(a_bits[n] for n in (following.main[0], *following.shortcut))
+    outputs[chain[-1].name] = a_bits[chain[-1].main[-1]]
+    return inputs, outputs
+
+
+@torch.no_grad()
+def stem_activation(model: nn.Module, stem: str, image_size: int) -> str:
+    """The activation module that runs right after the stem conv (only folded-BN identities
+    between them), found by a probe forward; it must run once per forward."""
+    calls: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(lambda mod, i, o: calls.append(names[id(mod)])) for m in leaves]
+    conv = model.get_submodule(stem)
+    probe_forward(model, torch.zeros(1, conv.in_channels, image_size, image_size, device=conv.weight.device,
+                                     dtype=conv.weight.dtype), hooks)
+    after = calls[calls.index(stem) + 1:]
+    for name in after:
+        module = model.get_submodule(name)
+        if isinstance(module, ACTIVATIONS) and calls.count(name) == 1:
+            return name
+        if not isinstance(module, nn.Identity):
+            break
+    raise ValueError(f"no activation module runs once right after the stem {stem}; use act_placement: input")
+
+
+def _quantize_output(module: nn.Module, inputs, output):
+    return getattr(module, OUTPUT_QUANTIZER)(output)
+
+
+def attach_output_quantizer(module: nn.Module, bits) -> None:
+    """Quantise `module`'s output from now on (a child quantiser and a forward hook; the hook is a
+    plain function of the module, so deep copies of the model keep working)."""
+    module.add_module(OUTPUT_QUANTIZER, AffineActQuantizer(bits))
+    module.register_forward_hook(_quantize_output)
 
 
 def ptq_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, PTQ_LAYERS)]
 
 
+def act_quantizers(module: nn.Module) -> list[tuple[str, AffineActQuantizer]]:
+    """Every activation quantiser inside `module` (layer inputs and module outputs)."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, AffineActQuantizer)]
+
+
 def set_act_quant(module: nn.Module, enabled: bool) -> None:
-    for _, layer in ptq_layers(module):
-        if layer.quan_a is not None:
-            layer.quan_a.enabled = enabled
+    for _, quantizer in act_quantizers(module):
+        quantizer.enabled = enabled

@@ -1,7 +1,8 @@
 """PTQ checkpoints (kind 'ptq'): integer weights, scales, zero-points, activation steps, policy.
 
 A PTQ model has folded BN and its own layers, so it cannot be rebuilt by the LSQ path; loading
-re-creates that structure from the arch and the policy, then loads the saved state.
+re-creates that structure (layers and activation placement) from the arch, the policy and the
+saved PTQ settings, then loads the saved state.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from .ptq import prepare_ptq_model, ptq_settings
 from .ptq_layers import set_act_quant
 
 KIND = "ptq"
+# Checkpoints written before `act_placement` existed quantised every layer's input.
+LEGACY_PLACEMENT = "input"
 
 
 def save_ptq_model(path, model: nn.Module, policy: Policy, *, config: dict, metrics: dict | None = None,
@@ -29,7 +32,9 @@ def load_ptq_model(path) -> tuple[nn.Module, Policy, dict]:
     ckpt = load_checkpoint(path, kind=KIND)
     policy = Policy.from_dict(ckpt["policy"], source=str(path))
     model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
-    prepare_ptq_model(model, policy, ckpt.get("ptq", {}).get("weight_grid", "affine"), init_ranges=False)
+    settings = ckpt.get("ptq", {})
+    prepare_ptq_model(model, policy, settings.get("weight_grid", "affine"), init_ranges=False,
+                      act_placement=settings.get("act_placement", LEGACY_PLACEMENT))
     load_state(model, ckpt["state_dict"], str(path))
     set_act_quant(model, True)
     return model, policy, ckpt

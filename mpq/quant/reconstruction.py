@@ -1,4 +1,4 @@
-"""BRECQ-style reconstruction (specs/ptq.md sections 4-5): fit one block at a time to the FP
+"""BRECQ-style reconstruction (docs/methods/ptq.md): fit one block at a time to the FP
 model's output of that block, from cached inputs.
 
 Units are the blocks (ResNet basic/bottleneck, MobileNetV2 inverted residual, conv-norm-act) and
@@ -14,7 +14,7 @@ from torch import nn
 from .adaround import annealed_beta, rectified_sigmoid, rounding_regularizer
 from .blocks import find_blocks
 from .convert import split_layers
-from .ptq_layers import ptq_layers
+from .ptq_layers import act_quantizers, ptq_layers
 
 
 UNDECIDED = (0.01, 0.99)   # h(V) strictly inside: the soft rounding has not chosen up or down
@@ -100,8 +100,9 @@ def reconstruct_weights(unit: nn.Module, inputs, targets, *, iters: int, batch_s
 
 def reconstruct_acts(unit: nn.Module, inputs, targets, *, iters: int, batch_size: int, lr: float, p: float,
                      generator) -> dict:
-    """Learn the unit's activation steps (zero-points fixed), Adam with cosine decay to 0."""
-    steps = [m.quan_a.delta for _, m in ptq_layers(unit) if m.quan_a is not None and m.quan_a.bits is not None]
+    """Learn the steps of the unit's activation quantisers (its layers' inputs and, in BRECQ's
+    placement, its output; zero-points fixed), Adam with cosine decay to 0."""
+    steps = [q.delta for _, q in act_quantizers(unit) if q.bits is not None]
     if not steps or iters <= 0:
         return {}
     for s in steps:

@@ -1,8 +1,10 @@
-"""RFQuant's two-phase bidirectional greedy search over a trained supernet (specs/rfquant.md section 7).
+"""RFQuant's two-phase bidirectional greedy search over a trained supernet (docs/methods/rfquant.md).
 
 Inference only: every step tries each layer one candidate down and one up, scores the moves by
-top-1 error on a fresh batch of held-out TRAINING images and by BitOps, and applies the best.
-Phase 1 moves weight bits towards a weight target, phase 2 activation bits until the budget holds.
+top-1 error on a fresh batch of TRAINING images (the supernet's own, as in the reference, or a
+held-out part of them) and by BitOps, and applies the best; as in the reference, a chosen raise
+of a layer sitting at the floor (min_bits) is not applied. Phase 1 moves weight bits towards a
+weight target, phase 2 activation bits until the budget holds.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class GreedyResult:
     a_bits: list[int]
     bitops: int
     moves: list[Move] = field(default_factory=list)
+    held: int = 0              # steps whose best move raised a layer at the floor: not applied
 
 
 def uniform_bit_for(limit: int, cost: CostModel, bits: Sequence[int]) -> int:
@@ -56,7 +59,7 @@ class _Search:
     def __init__(self, w_lists, a_lists, cost: CostModel, error_of, batches, *, start_bits: int,
                  min_bits: int, err_weight: float, max_steps: int):
         self.cost, self.error_of, self.batches = cost, error_of, batches
-        self.err_weight, self.max_steps = err_weight, max_steps
+        self.err_weight, self.max_steps, self.min_bits = err_weight, max_steps, min_bits
         # A move may only reach candidates at or above the floor: max(min_bits, frozen minimum).
         self.lists = {kind: [[b for b in sorted(c, reverse=True) if b >= min(max(min_bits, min(c)), max(c))]
                              for c in lists]
@@ -64,6 +67,7 @@ class _Search:
         self.bits = {kind: [min(c, key=lambda b: (abs(b - start_bits), -b)) for c in self.lists[kind]]
                      for kind in ("w", "a")}
         self.moves: list[Move] = []
+        self.held = 0
 
     def bitops(self, w=None, a=None) -> int:
         return self.cost.bitops(self.bits["w"] if w is None else w, self.bits["a"] if a is None else a)
@@ -117,10 +121,18 @@ class _Search:
                                  f"activation bits are at their floor (min_bits or the frozen candidates); "
                                  f"raise the budget or lower search.greedy.min_bits")
             move = self.best(moves)
-            self.bits[kind][move.layer] = move.new
-            self.moves.append(move)
+            if self.raises_floor_layer(move):
+                self.held += 1
+            else:
+                self.bits[kind][move.layer] = move.new
+                self.moves.append(move)
             steps += 1
         return steps
+
+    def raises_floor_layer(self, move: Move) -> bool:
+        """The reference scores a floor layer's raise like any move but applies a chosen move only
+        to a layer above the floor: if it wins, the step changes nothing (a new batch follows)."""
+        return move.new > move.old and move.old <= self.min_bits
 
 
 def bidirectional_greedy(w_lists, a_lists, cost: CostModel, limits: Sequence[int],
@@ -138,14 +150,14 @@ def bidirectional_greedy(w_lists, a_lists, cost: CostModel, limits: Sequence[int
     results = []
     for limit in sorted((int(x) for x in limits), reverse=True):
         k = uniform_bit_for(limit, cost, all_bits)
-        first = len(search.moves)
-        # Spec: 0.95 * BitOps(w = k, a = start_bits). The current a-bits equal start_bits for the
-        # first limit; for later limits they were lowered already, and the spec's target would then
+        first, held = len(search.moves), search.held
+        # The reference: 0.95 * BitOps(w = k, a = start_bits). The current a-bits equal start_bits for the
+        # first limit; for later limits they were lowered already, and that target would then
         # skip phase 1 and leave phase 2 unable to reach the budget.
         search.phase("w", phase1_margin * search.bitops([k] * len(w_lists), None), hard=False)
         search.phase("a", limit, hard=True)
         results.append(GreedyResult(limit, list(search.bits["w"]), list(search.bits["a"]), search.bitops(),
-                                    search.moves[first:]))
+                                    search.moves[first:], search.held - held))
     return results
 
 
@@ -209,7 +221,8 @@ def greedy_policy(policy_cfg: dict, cost: CostModel, supernet_path, data, settin
         phase1_margin=float(cfg["phase1_margin"]), max_steps=cfg["max_steps"])
     meta = {"method": "greedy", "supernet": str(supernet_path), "supernet_sha256": sha256_file(supernet_path),
             "scored_on": f"{len(scored)} held-out training images" if holdout["fraction"] > 0
-            else f"{len(scored)} training images", "settings": cfg,
+            else f"{len(scored)} training images (the supernet's training data)", "settings": cfg,
             "steps": {"w": sum(m.kind == "w" for m in result.moves), "a": sum(m.kind == "a" for m in result.moves)},
+            "held_steps": result.held,
             "moves": [str(m) for m in result.moves], "seconds": round(time.perf_counter() - t0, 6)}
     return result.w_bits, result.a_bits, meta

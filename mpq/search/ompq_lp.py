@@ -1,4 +1,4 @@
-"""OMPQ's bit allocation (specs/ompq.md sections 4-6): an LP over unit bits, then safe rounding.
+"""OMPQ's bit allocation (docs/methods/ompq.md): an LP over unit bits, then safe rounding.
 
     maximise  sum_i c_i * b_i,   c_i = mean(theta_i .. theta_{L-1})
     s.t.      sum_i P_i * b_i <= S   (weight bits; optionally also BitOps at fixed act bits)

@@ -1,4 +1,4 @@
-"""The `ompq` search method: OMPQ settings + importance file -> one policy (specs/ompq.md 3-6).
+"""The `ompq` search method: OMPQ settings + importance file -> one policy (docs/methods/ompq.md).
 
 Settings come from the config's OMPQ section; a policy may override any of POLICY_KEYS.
 """

@@ -16,7 +16,7 @@ def search_policy(policy_cfg: dict, cost: CostModel, candidates, *, importance_p
     """Returns (w_bits, a_bits, search metadata) for the searchable layers of `cost`.
 
     importance_path is the method's input: LIMPQ pickle (ilp), RFQuant supernet (greedy, which
-    also needs `data` to score candidates on held-out training images), OMPQ pickle (ompq).
+    also needs `data` to score candidates on training images), OMPQ pickle (ompq).
     """
     settings = settings or {}
     method = policy_cfg["search"]

@@ -3,11 +3,11 @@
 Forms (all in searchable-layer order, stem and classifier excluded):
 
 - policy: the project's policy.yaml (mpq.policy);
-- limpq:  the two top-level lists the LIMPQ reference finetunes from (specs/limpq.md section 7)
+- limpq:  the two top-level lists the LIMPQ reference finetunes from (docs/methods/limpq.md)
           weight_bits: [6, 3, 4, ...]
           act_bits: [6, 4, 6, ...]
           (`weight_bits = [...]` Python assignments are read too);
-- rfquant: one record of the RFQuant greedy search, `[bops_g, [w bits], [a bits]]` (specs/rfquant.md
+- rfquant: one record of the RFQuant greedy search, `[bops_g, [w bits], [a bits]]` (docs/methods/rfquant.md
           section 7), one per line when a file holds several (pick one with --record).
 
 Lists do not say which model they belong to, so converting them to a policy needs --arch,

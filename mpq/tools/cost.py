@@ -1,7 +1,7 @@
 """`mpq cost`: BitOps and size of bit-widths for a model, without weights or data.
 
 Bits come from --policy FILE, from --uniform W A, or from --w ... --a ... (one value per searchable
-layer, or a single value for all). The accounting is specs/accounting.md (mpq.cost).
+layer, or a single value for all). The accounting is docs/methods/accounting.md (mpq.cost).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from torch import nn
 from .. import distributed
 from . import resume
 from .loop import evaluate, train_epoch
-from .optim import build_optimizer, lr_factor, set_epoch_lr
+from .optim import WARMUP_LR, build_optimizer, lr_factor, set_epoch_lr
 from .progress import EpochProgress
 
 log = logging.getLogger("mpq")
@@ -16,10 +16,12 @@ log = logging.getLogger("mpq")
 
 def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str,
                 step=None, label_smoothing: float = 0.0, on_epoch_end=None, extra_state: dict | None = None,
-                optimizer=None) -> dict:
+                optimizer=None, after_average=None) -> dict:
     """Epoch loop with a per-epoch schedule; `train_batches(epoch)` returns that epoch's loader.
+    `after_average(model)` is train_epoch's: it edits the gradients after the cross-rank average.
 
-    cfg: epochs, lr, optimizer, weight_decay, momentum, nesterov, schedule, warmup_epochs, min_lr.
+    cfg: epochs, lr, optimizer, weight_decay, momentum, nesterov, schedule, warmup_epochs, warmup_lr,
+    min_lr.
     With an active resume file (mpq.train.resume.activate) the state is saved after every epoch,
     together with the mutable dict `extra_state`, and a rerun continues after the last saved epoch.
     Under DDP every rank runs this loop on its shard; only rank 0 writes the resume file.
@@ -44,10 +46,11 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
     with resume.stop_on_signals():
         for epoch in range(start, epochs):
             factor = lr_factor(epoch, epochs, cfg.get("schedule", "cosine"), cfg.get("warmup_epochs", 0),
-                               min_factor)
+                               min_factor, warmup_factor=cfg.get("warmup_lr", WARMUP_LR) / cfg["lr"])
             set_epoch_lr(optimizer, base_lrs, factor)
             stats = train_epoch(model, train_batches(epoch), optimizer, device, step=step,
-                                label_smoothing=label_smoothing, where=f"{what} epoch {epoch + 1}")
+                                label_smoothing=label_smoothing, where=f"{what} epoch {epoch + 1}",
+                                after_average=after_average)
             progress.report(epoch, loss=stats["loss"], train_acc=stats["acc"], lr=base_lrs[0] * factor)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
@@ -58,7 +61,8 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
 
 
 def pretrain(model: nn.Module, data, cfg: dict, device, *, batch_size: int, seed: int, workers: int) -> dict:
-    """Train the float model from scratch; test accuracy is measured once, at the end."""
+    """Train the float model as it is (from scratch, or onward from imported weights: see
+    mpq.train.pretrained.start_from_weights); test accuracy is measured once, at the end."""
     from ..data import make_loader
 
     model.to(device)

@@ -1,7 +1,7 @@
 """Knowledge distillation from the FP32 model, an option of every finetune recipe.
 
 loss = (1 - weight) * CE(labels) + weight * T^2 * soft-CE(teacher / T, student / T).
-weight 1 with T = 1 is N2UQ's reference loss (KD only, specs/n2uq.md section 5); T^2 keeps the
+weight 1 with T = 1 is N2UQ's reference loss (KD only, docs/methods/n2uq.md); T^2 keeps the
 soft term's gradient scale independent of T (Hinton et al.).
 """
 from __future__ import annotations

@@ -90,9 +90,11 @@ PROGRESS_EVERY_S = float(os.environ.get("MPQ_PROGRESS_EVERY", "60"))
 
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device,
-                step: Callable | None = None, label_smoothing: float = 0.0, where: str = "training") -> dict:
+                step: Callable | None = None, label_smoothing: float = 0.0, where: str = "training",
+                after_average: Callable[[nn.Module], None] | None = None) -> dict:
     """One epoch. `step(model, x, y) -> (loss, logits)` runs the forward/backward passes itself
-    (multi-pass methods); by default it is one cross-entropy pass.
+    (multi-pass methods); by default it is one cross-entropy pass. `after_average(model)` edits
+    the final gradients (e.g. clipping) after the cross-rank average, before the optimizer step.
 
     Distributed: the default pass goes through DDP; after a custom step the gradients are
     averaged over ranks; the returned loss/acc cover all ranks; rank 0's buffers (BN statistics)
@@ -115,6 +117,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             else:
                 loss, logits = step(model, x, y)
                 distributed.average_gradients(model)
+        if after_average is not None:
+            after_average(model)
         optimizer.step()
         n = y.numel()
         total += n

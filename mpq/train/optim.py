@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules written out explicitly (specs/limpq.md section 10 #10)."""
+"""Optimizers and learning-rate schedules written out explicitly, not taken from timm."""
 from __future__ import annotations
 
 import math
@@ -7,16 +7,28 @@ import torch
 from torch import nn
 
 
+WEIGHT_DECAY_SCOPES = ("matrices", "all")
+
+
+def check_weight_decay_scope(scope: str) -> str:
+    if scope not in WEIGHT_DECAY_SCOPES:
+        raise ValueError(f"weight_decay_scope {scope!r} is unknown; use {' or '.join(WEIGHT_DECAY_SCOPES)}")
+    return scope
+
+
 def param_groups(model: nn.Module, weight_decay: float, quant_lr: float | None = None,
-                 quant_weight_decay: float = 0.0):
-    """Weight decay only on parameters with >= 2 dims; quantizer steps optionally in their own group."""
+                 quant_weight_decay: float = 0.0, scope: str = "matrices"):
+    """Weight decay on parameters with >= 2 dims (scope 'matrices', timm's rule) or on every
+    parameter (scope 'all', plain torch SGD as in oscillations-qat); quantizer steps optionally
+    in their own group."""
+    check_weight_decay_scope(scope)
     decay, no_decay, quant = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if quant_lr is not None and name.endswith(".step"):
             quant.append(p)
-        elif p.dim() >= 2:
+        elif p.dim() >= 2 or scope == "all":
             decay.append(p)
         else:
             no_decay.append(p)
@@ -28,9 +40,11 @@ def param_groups(model: nn.Module, weight_decay: float, quant_lr: float | None =
 
 
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """cfg keys: optimizer (sgd|adam|adamw), lr, weight_decay, momentum, nesterov, quant_lr."""
+    """cfg keys: optimizer (sgd|adam|adamw), lr, weight_decay, weight_decay_scope (matrices|all),
+    momentum, nesterov, quant_lr."""
     name = cfg.get("optimizer", "sgd")
-    groups = param_groups(model, cfg.get("weight_decay", 0.0), cfg.get("quant_lr"))
+    groups = param_groups(model, cfg.get("weight_decay", 0.0), cfg.get("quant_lr"),
+                          scope=cfg.get("weight_decay_scope", "matrices"))
     lr = cfg["lr"]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.get("momentum", 0.9),
@@ -42,18 +56,33 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer {name!r} is unknown; use sgd, adam or adamw")
 
 
+WARMUP_LR = 1e-5   # timm's warmup_lr default, the warm-up start of the LIMPQ and RFQuant recipes
+
+
 def lr_factor(epoch: int, epochs: int, schedule: str = "cosine", warmup: int = 0,
-              min_factor: float = 0.0) -> float:
-    """Multiplier of the base lr at the start of `epoch` (stepped once per epoch)."""
+              min_factor: float = 0.0, warmup_factor: float | None = None) -> float:
+    """Multiplier of the base lr at the start of `epoch` (stepped once per epoch).
+
+    The values of timm's CosineLRScheduler (warmup_prefix off, t_initial = epochs): a linear
+    warm-up from `warmup_factor` (timm's warmup_lr / lr; None: min_factor) rising by
+    (1 - warmup_factor) / warmup per epoch, then the cosine of epoch / epochs from the base lr
+    down to min_factor, which it holds after `epochs`. Warm-up epochs are part of `epochs`, so
+    the cosine phase starts where the plain cosine of epoch `warmup` is, just below the base lr.
+    """
     if warmup and epoch < warmup:
-        return min_factor + (1 - min_factor) * (epoch + 1) / (warmup + 1)
+        start = min_factor if warmup_factor is None else warmup_factor
+        return start + (1 - start) * epoch / warmup
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
-        span = max(1, epochs - warmup)
-        t = min(1.0, (epoch - warmup) / span)
+        t = min(1.0, epoch / max(1, epochs))
         return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
-    raise ValueError(f"schedule {schedule!r} is unknown; use cosine or constant")
+    if schedule == "linear":
+        # N2UQ's LambdaLR(1 - step / epochs), stepped before each epoch: epoch 0 already runs at
+        # 1 - 1/E and the last epoch at 0 (docs/methods/n2uq.md).
+        t = min(1.0, (epoch + 1) / max(1, epochs))
+        return min_factor + (1 - min_factor) * (1 - t)
+    raise ValueError(f"schedule {schedule!r} is unknown; use cosine, linear or constant")
 
 
 def set_epoch_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:

@@ -1,19 +1,22 @@
 """Start from published FP32 weights instead of pretraining (config `pretrain.weights`).
 
 `pretrain.weights` is either a torchvision weights name such as `ResNet18_Weights.IMAGENET1K_V1`
-(downloaded once into torch's hub cache, `$TORCH_HOME`) or a path to a `.pth`/`.pt` file holding
-a state dict (or a checkpoint dict with `state_dict` / `model` / `state_dict_ema` inside).
+(downloaded once into torch's hub cache, `$TORCH_HOME`) or a path to a `.pth`/`.pt`/`.th` file
+holding a state dict (or a checkpoint dict with `state_dict` / `model` / `state_dict_ema` inside).
+Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, no code.
 
-The zoo's ImageNet models are torchvision's own classes, so torchvision state dicts load without
-renaming; timm's ResNets (e.g. `gluon_resnet50_v1b`, LIMPQ's and RFQuant's start points) use the
-same names too. A leading DDP `module.` prefix is stripped. Every mismatch (missing, unexpected or
-mis-shaped tensors) is an error in one line: a silently half-loaded model would only show up as
-poor accuracy hours later.
+Published checkpoints name their tensors in a few known ways (LAYOUTS): wrapper prefixes
+(`module.` of DDP/DataParallel, `_orig_mod.` of torch.compile) are stripped, then the first layout
+whose key pattern matches renames the names onto the zoo and the choice is logged. Every remaining
+mismatch (missing, unexpected or mis-shaped tensors) is an error in one line that says how to rename:
+a silently half-loaded model would only show up as poor accuracy hours later. See docs/pretrained.md.
 """
 from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -91,21 +94,128 @@ def _file_state_dict(path: str) -> dict:
 
 
 def read_state_dict(weights: str, arch: str | None = None) -> dict:
-    """The state dict named by `pretrain.weights`, with a DDP `module.` prefix stripped."""
+    """The state dict named by `pretrain.weights`, with its names as stored."""
     if not isinstance(weights, str) or not weights.strip():
         raise PretrainedError(f"pretrain.weights must be a non-empty string, got {weights!r}; {HINT}")
     if is_torchvision_name(weights):
-        state = _torchvision_state_dict(weights, arch)
-    else:
-        state = _file_state_dict(weights)
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+        return _torchvision_state_dict(weights, arch)
+    return _file_state_dict(weights)
 
 
+# --- known layouts of published checkpoints ------------------------------------------------------
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DDP / DataParallel, torch.compile
+
+
+@dataclass(frozen=True)
+class Rename:
+    """One regex substitution on tensor names, with the few words that describe it in the log."""
+    pattern: str
+    replacement: str
+    note: str
+
+    def apply(self, name: str) -> str:
+        return re.sub(self.pattern, self.replacement, name)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A published checkpoint layout: the names that identify it and the renames onto the zoo."""
+    name: str
+    marks: tuple[str, ...] = ()     # names that must all be present
+    any_of: tuple[str, ...] = ()    # at least one of these must be present (when given)
+    absent: tuple[str, ...] = ()    # names that must not be present
+    renames: tuple[Rename, ...] = ()
+
+    def matches(self, names) -> bool:
+        names = set(names)
+        return (all(m in names for m in self.marks) and not any(a in names for a in self.absent)
+                and (not self.any_of or any(m in names for m in self.any_of)))
+
+
+LAYOUTS = (
+    # akamaster/pytorch_resnet_cifar10 (ResNet-20/32/44/56/110/1202): the classifier is `linear`, an
+    # option-B shortcut is `shortcut.0/.1`; option A is a parameter-free pad in both, like the zoo's.
+    Layout("cifar10-resnet-release", marks=("linear.weight", "layer1.0.conv1.weight"), absent=("fc.weight",),
+           renames=(Rename(r"^linear\.", "fc.", "linear -> fc"),
+                    Rename(r"\.shortcut\.", ".downsample.", "shortcut -> downsample"))),
+    # torchvision's own files, timm's ResNets (gluon_resnet50_v1b, ...) and mpq checkpoints: the zoo's
+    # ImageNet models are torchvision's classes and timm's ResNets use the same names.
+    Layout("torchvision/timm", any_of=("fc.weight", "classifier.1.weight")),
+)
+UNKNOWN = Layout("unknown")   # names kept as stored; a mismatch then says how to rename them
+
+
+def _strip_wrappers(state: dict) -> tuple[dict, list[str]]:
+    stripped = []
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+            stripped.append(prefix)
+    return state, stripped
+
+
+def map_onto_zoo(state: dict) -> tuple[dict, Layout, str]:
+    """(renamed state, the layout recognised, what was done in words) for a published state dict."""
+    state, stripped = _strip_wrappers(state)
+    layout = next((candidate for candidate in LAYOUTS if candidate.matches(state)), UNKNOWN)
+    notes = [f"{prefix} stripped" for prefix in stripped]
+    for rename in layout.renames:
+        renamed = {rename.apply(k): v for k, v in state.items()}
+        if renamed.keys() != state.keys():
+            notes.append(rename.note)
+        state = renamed
+    return state, layout, ", ".join(notes) or "names kept"
+
+
+# --- loading with one-line errors -----------------------------------------------------------------
 def _few(names) -> str:
     names = sorted(names)
     return ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+
+
+def _split_common(a: list[str], b: list[str]) -> tuple[int, int]:
+    """Lengths of the common leading and trailing dotted parts of two names (not overlapping)."""
+    lead = 0
+    while lead < min(len(a), len(b)) and a[lead] == b[lead]:
+        lead += 1
+    trail = 0
+    while trail < min(len(a), len(b)) - lead and a[-1 - trail] == b[-1 - trail]:
+        trail += 1
+    return lead, trail
+
+
+def rename_hints(missing, unexpected, own: dict, state: dict, limit: int = 2) -> list[str]:
+    """'rename keys so that X becomes Y' for unexpected names that pair with a missing one.
+
+    A pair shares the last dotted part (weight, bias, running_mean, ...) and the tensor shape; the
+    parts that differ form a rule, and the rules that cover the most names are reported first.
+    """
+    free = set(missing)
+    rules, examples = Counter(), {}
+    for name in sorted(unexpected):
+        parts = name.split(".")
+        best, best_score = None, 0
+        for target in sorted(free):
+            target_parts = target.split(".")
+            if target_parts[-1] != parts[-1] or tuple(own[target].shape) != tuple(state[name].shape):
+                continue
+            score = sum(_split_common(parts, target_parts))
+            if score > best_score:
+                best, best_score = target, score
+        if best is None:
+            continue
+        free.discard(best)
+        target_parts = best.split(".")
+        lead, trail = _split_common(parts, target_parts)
+        rule = (".".join(parts[lead:len(parts) - trail]), ".".join(target_parts[lead:len(target_parts) - trail]))
+        rules[rule] += 1
+        examples.setdefault(rule, (name, best))
+    hints = []
+    for rule, count in rules.most_common(limit):
+        source, target = examples[rule]
+        also = f" (the same change in {count} names)" if count > 1 else ""
+        hints.append(f"rename keys so that {source!r} becomes {target!r}{also}")
+    return hints
 
 
 def load_into(model: nn.Module, state: dict, source: str = "weights") -> None:
@@ -125,17 +235,21 @@ def load_into(model: nn.Module, state: dict, source: str = "weights") -> None:
         problems.append(f"unexpected: {_few(unexpected)}")
     if problems:
         arch = getattr(model, "arch", type(model).__name__)
-        hint = ""
+        hints = []
         if any(k.split(".")[0] in ("fc", "classifier") for k in (s.split(" ")[0] for s in shapes)):
-            hint = "; the classifier differs: check model.num_classes against the weights' class count"
-        raise PretrainedError(f"{source} do not fit {arch}: {'; '.join(problems)}{hint}")
-    model.load_state_dict({k: v for k, v in state.items()}, strict=False)
+            hints.append("the classifier differs: check model.num_classes against the weights' class count")
+        if missing and unexpected:
+            hints += rename_hints(missing, unexpected, own, state)
+            hints.append(f"known layouts: {', '.join(layout.name for layout in LAYOUTS)} (docs/pretrained.md)")
+        raise PretrainedError(f"{source} do not fit {arch}: {'; '.join(problems + hints)}")
+    model.load_state_dict(state, strict=False)
 
 
 def import_weights(model: nn.Module, weights: str) -> nn.Module:
-    """Load `pretrain.weights` into a zoo model (in place) and return it."""
-    state = read_state_dict(weights, getattr(model, "arch", None))
-    load_into(model, state, source=f"weights {weights}")
+    """Load `pretrain.weights` into a zoo model (in place), renamed by its layout, and return it."""
+    state, layout, done = map_onto_zoo(read_state_dict(weights, getattr(model, "arch", None)))
+    log.info("weights: layout %r (%s)", layout.name, done)
+    load_into(model, state, source=f"weights {weights} (layout {layout.name!r}, {done})")
     log.info("pretrain: imported FP32 weights from %s (%d tensors)", weights, len(state))
     return model
 
@@ -155,3 +269,23 @@ def import_and_evaluate(model: nn.Module, data, weights: str, device, *, batch_s
     test = evaluate(model, make_loader(data.test, batch_size, train=False, workers=workers), device)
     log.info("pretrained %s: test top1=%.2f top5=%.2f loss=%.4f", weights, test["top1"], test["top5"], test["loss"])
     return {"train_loss": None, "train_acc": None, "epochs": 0, "weights": weights, **test}
+
+
+def start_from_weights(model: nn.Module, data, cfg: dict, device, *, batch_size: int, seed: int,
+                       workers: int) -> dict:
+    """The pretrain stage from `cfg["weights"]`: import them, then finetune `cfg["epochs"]` epochs
+    with the section's training keys (optimizer, lr, schedule, ...); 0 epochs only evaluates.
+
+    The workflow resolves an unset `pretrain.epochs` before it gets here (0 with weights).
+    """
+    from .fp32 import pretrain
+
+    weights, epochs = cfg["weights"], cfg.get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise PretrainedError(f"pretrain.epochs must be an integer >= 0 with pretrain.weights, got {epochs!r}")
+    loader = {"batch_size": batch_size, "seed": seed, "workers": workers}
+    if epochs == 0:
+        return import_and_evaluate(model, data, weights, device, **loader)
+    import_weights(model, weights)
+    log.info("pretrain: finetuning the imported weights for %d epochs", epochs)
+    return {**pretrain(model, data, cfg, device, **loader), "weights": weights}

@@ -1,6 +1,6 @@
 """Quantization-aware finetuning of a policy from the FP32 weights, driven by a recipe dict.
 
-One loop serves every recipe (specs/limpq.md section 7, oscillations.md, n2uq.md): range init
+One loop serves every recipe (docs/methods/limpq.md, oscillations.md, n2uq.md): range init
 (LSQ rule or MSE), epochs with optional dampening / freezing schedules, distillation and a
 separate optimizer for quantizer parameters, then BN re-estimation so that the saved model is
 evaluated with refreshed statistics.
@@ -18,7 +18,7 @@ from ..quant.oscillation import OscillationControl, OscillationOptions, mse_rang
 from .kd import Distiller, KdOptions
 from .loop import active_batchnorms, batches_for, recalibrate_bn
 from .fp32 import train_model
-from .optim import build_optimizer
+from .optim import WEIGHT_DECAY_SCOPES, build_optimizer
 
 log = logging.getLogger("mpq")
 
@@ -42,7 +42,7 @@ def init_act_steps(model: nn.Module, x: torch.Tensor) -> None:
 
 @torch.no_grad()
 def reestimate_bn_batch_mean(model: nn.Module, loader, device, num_batches: int) -> int:
-    """BN running stats = the average of per-batch statistics (specs/oscillations.md section 6).
+    """BN running stats = the average of per-batch statistics (docs/methods/oscillations.md).
 
     Everything but BN stays in eval mode, so quantizers and trackers do not change. Returns the
     number of images used.
@@ -117,6 +117,7 @@ class JointOptimizer:
 
 def build_finetune_optimizer(model: nn.Module, recipe: dict):
     """The recipe's optimizer; with `quant_optimizer` the quantizer parameters get their own."""
+    recipe = {**recipe, "weight_decay_scope": _weight_decay_scope(recipe)}
     qcfg = recipe.get("quant_optimizer")
     if not qcfg:
         return build_optimizer(model, recipe)
@@ -149,6 +150,14 @@ def _bn_procedure(recipe: dict, oscillation: OscillationOptions) -> str:
     return _recipe_choice(recipe, "bn_recalibration",
                           "batch_mean" if oscillation.mode != "none" else "cumulative",
                           ("batch_mean", "cumulative"))
+
+
+def _weight_decay_scope(recipe: dict) -> str:
+    """auto: every weight parameter (BN and biases too) for the oscillation recipes, as the
+    oscillations-qat reference's plain SGD does; >= 2-dim ones (timm's rule) otherwise."""
+    oscillation = OscillationOptions.from_recipe(recipe)
+    return _recipe_choice(recipe, "weight_decay_scope", "all" if oscillation.mode != "none" else "matrices",
+                          WEIGHT_DECAY_SCOPES)
 
 
 def reestimate_bn(model: nn.Module, recipe: dict, loader, device, batch_size: int) -> int:

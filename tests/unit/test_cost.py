@@ -1,4 +1,4 @@
-"""Accounting against the reference vectors of specs/accounting.md section 8."""
+"""Accounting against the reference vectors of docs/methods/accounting.md"""
 import json
 from fractions import Fraction
 

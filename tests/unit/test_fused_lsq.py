@@ -121,3 +121,49 @@ def test_quantizer_reads_no_buffer_in_forward_once_initialised(monkeypatch):
         fresh(x)
     fresh.load_state_dict(q.state_dict())
     assert torch.equal(fresh(x), q.eval()(x))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_kernels_agree_on_bf16_input_and_compute_in_fp32(per_channel):
+    """A bf16 input (what autocast hands a quantizer): reference graph and fused Function give
+    the same bf16 output, the fp32 fake-quant of the fp32 values, and the same gradients."""
+    torch.manual_seed(9)
+    qn, qp = int_range(6, True)
+    x = (torch.randn(6, 5, 4, 4) * 1.5).to(torch.bfloat16)
+    step = torch.rand(6, 1, 1, 1) * 0.05 + 0.02 if per_channel else torch.tensor(0.0371)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _run(lambda a, s: lsq_fake_quant(a, scale_grad(s, 0.05), qn, qp), x, step)
+        got = _run(lambda a, s: lsq_fake_quant_fused(a, s, qn, qp, 0.05), x, step)
+    exact = (torch.clamp(x.float() / step, qn, qp).round() * step).to(torch.bfloat16)
+    assert ref[0].dtype == got[0].dtype == torch.bfloat16
+    assert torch.equal(ref[0], exact) and torch.equal(got[0], exact)
+    assert got[1].dtype == torch.bfloat16 and torch.equal(got[1], ref[1])
+    assert torch.allclose(got[2], ref[2], rtol=1e-4, atol=1e-6)
+
+
+def test_scale_grad_keeps_the_exact_value():
+    """(x - xg) + xg can be an ulp off x; the step a kernel sees must be exactly the parameter."""
+    s = torch.linspace(0.01, 3.0, 997)
+    for g in (0.013, 0.0071, 1 / 3):
+        assert torch.equal(scale_grad(s, g), s)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_compiled_codes_match_the_codes_graph(monkeypatch, per_channel):
+    """The compiled code-domain kernels (CUDA's path, generated for CPU here) against the plain
+    graph lsq_codes_ste: same codes, same gradients, for a bf16 input."""
+    from mpq.quant.lsq import lsq_codes_fused, lsq_codes_ste
+
+    monkeypatch.setattr(lsq, "_use_compiled", lambda x: True)
+    torch.manual_seed(2)
+    qn, qp = int_range(4, True)
+    x = (torch.randn(6, 5, 4, 4) * 1.5).to(torch.bfloat16)
+    step = torch.rand(6, 1, 1, 1) * 0.3 + 0.05 if per_channel else torch.tensor(0.21)
+    ref = _run(lambda a, s: lsq_codes_ste(a, scale_grad(s, 0.05), qn, qp), x, step)
+    got = _run(lambda a, s: lsq_codes_fused(a, s, qn, qp, 0.05), x, step)
+    assert torch.equal(got[0], ref[0])
+    assert got[1].dtype == torch.bfloat16 and torch.allclose(got[1].float(), ref[1].float(), rtol=1e-2)
+    assert got[2].shape == step.shape
+    assert torch.allclose(got[2], ref[2], rtol=1e-4, atol=1e-6)

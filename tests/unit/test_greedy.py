@@ -1,4 +1,5 @@
 """RFQuant greedy search: budget, single-bit moves, floors, determinism, and a real supernet run."""
+import math
 import random
 
 import pytest
@@ -125,3 +126,64 @@ def test_greedy_policy_on_a_saved_supernet(tmp_path):
     assert greedy_policy(policy_cfg, cost, path, data, settings, seed=0, device="cpu")[:2] == (w, a)
     with pytest.raises(ValueError, match="BitOps budget"):
         greedy_policy({"budget": {"size_mb": 0.02}}, cost, path, data, settings, seed=0, device="cpu")
+    # The default (the reference): the supernet trained on all training images, scored on them too.
+    save_supernet(path, model, state, num_classes=10, holdout={"fraction": 0.0, "seed": 0}, config={})
+    meta = greedy_policy(policy_cfg, cost, path, data, settings, seed=0, device="cpu")[2]
+    assert meta["scored_on"].startswith(f"{len(data.train)} training images (the supernet's")
+
+
+# --- the reference's loop, re-derived -------------------------------------------------------------
+
+def reference_greedy(cost, limit, error_of, batches, *, start_bits=5, smallest=2, target_bits=FULL, w_lists=None):
+    """util/greedy_search.py `search` of the RFQuant reference, for one BitOps limit, reduced to
+    its decisions: per layer the '-' then the '+' trial (an illegal one scores inf), the scores
+    1.5 * err / max err + B / max B - 1, the first minimum wins, and the chosen move is applied
+    only when the layer's bits are above `smallest`. Stops at BitOps <= limit (the reference: <)."""
+    n = len(cost.searchable)
+    w_lists = w_lists or [target_bits] * n
+    bits = {"w": [start_bits] * n, "a": [start_bits] * n}
+    k = uniform_bit_for(limit, cost, target_bits)
+    w_target = 0.95 * cost.bitops([k] * n, [start_bits] * n)
+    kind = "w"
+    for _ in range(2000):      # the reference has no cap; a test case must not need one
+        if kind == "w" and cost.bitops(bits["w"], bits["a"]) <= w_target:
+            kind = "a"
+        if kind == "a" and cost.bitops(bits["w"], bits["a"]) <= limit:
+            return bits["w"], bits["a"]
+        batch = next(batches)
+        lut = []
+        for i, b in enumerate(bits[kind]):
+            lowest = min(w_lists[i]) if kind == "w" else min(target_bits)
+            for mode in "-+":
+                if (mode == "-" and (b <= smallest or b == lowest)) or (mode == "+" and b >= max(target_bits)):
+                    lut.append(None)
+                    continue
+                trial = {key: list(v) for key, v in bits.items()}
+                trial[kind][i] = target_bits[target_bits.index(b) + (1 if mode == "-" else -1)]
+                lut.append((error_of(trial["w"], trial["a"], batch), cost.bitops(trial["w"], trial["a"])))
+        top_err = max(e for e, _ in filter(None, lut))
+        top_cost = max(c for _, c in filter(None, lut))
+        scores = [math.inf if t is None else 1.5 * t[0] / top_err + t[1] / top_cost - 1 for t in lut]
+        best = scores.index(min(scores))
+        layer, mode = best // 2, "-+"[best % 2]
+        b = bits[kind][layer]
+        if b > smallest:
+            bits[kind][layer] = target_bits[target_bits.index(b) + (1 if mode == "-" else -1)]
+    raise AssertionError("the reference loop did not finish")
+
+
+def jittery_error(w, a, batch):
+    """fake_error plus noise drawn per (batch, configuration), so that now and then raising a
+    layer that sits at the floor scores best."""
+    return fake_error(w, a, 0.0) + 0.1 * random.Random(hash((batch, tuple(w), tuple(a)))).random()
+
+
+@pytest.mark.parametrize("budget,seed", [("w3a3", 0), ("w3a3", 1), ("w4a3", 2), ("w3a4", 0)])
+def test_matches_the_reference_loop_and_never_raises_a_floor_layer(cost, budget, seed):
+    n = len(cost.searchable)
+    limit = cost.searchable_budget({"bitops": budget}).total_bitops
+    w_lists = [FULL] * (n - 1) + [[6, 5, 4, 3]]
+    [res] = bidirectional_greedy(w_lists, [FULL] * n, cost, [limit], jittery_error, noise(seed), max_steps=10_000)
+    assert res.held > 0, "the case must exercise a chosen raise of a floor layer"
+    assert (res.w_bits, res.a_bits) == reference_greedy(cost, limit, jittery_error, noise(seed), w_lists=w_lists)
+    assert not [m for m in res.moves if m.new > m.old and m.old <= 2]

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mpq import models
-from mpq.importance.limpq import build_indicator_model, extract_indicators, indicator_step, sampler_for_step
+from mpq.importance.limpq import (build_indicator_model, clip_and_drop_zero_gradients, extract_indicators,
+                                  indicator_step, sampler_for_step)
 from mpq.importance.pickle_io import read_importance, write_importance
 from mpq.quant import searchable_layers
 
@@ -33,9 +34,23 @@ def test_step_runs_k_plus_one_passes_and_inits_every_act_step(model):
     for _, layer in searchable_layers(model):
         assert layer.quan_a.init_state.tolist() == [1] * 5
         assert layer.quan_w.step.grad is not None
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert all(g.abs().max() <= 1.0 for g in grads), "gradients are clipped to [-1, 1]"
     assert logits.shape == (8, 10) and torch.isfinite(loss)
+
+
+def test_gradients_are_clipped_and_all_zero_ones_dropped_after_the_step(model):
+    """The step leaves the summed gradients alone: the train loop clips them after the cross-rank
+    average, as the reference does after DDP's all-reduce."""
+    x, y = torch.randn(8, 3, 16, 16) * 20, torch.randint(0, 10, (8,))
+    model.train()
+    indicator_step(model, x, y, CANDS, sampler_for_step(0, 0))
+    raw = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    assert max(g.abs().max() for g in raw.values()) > 1.0
+    model.fc.bias.grad.zero_()
+    clip_and_drop_zero_gradients(model)
+    assert model.fc.bias.grad is None
+    for k, p in model.named_parameters():
+        if k in raw and k != "fc.bias":
+            assert torch.equal(p.grad, raw[k].clamp(-1, 1)), k
 
 
 def test_random_pass_is_reproducible_per_step(model):
@@ -66,3 +81,15 @@ def test_extraction_refuses_uninitialised_steps():
                               fixed_bits=((8, 8), (8, 8)))
     with pytest.raises(ValueError, match="never initialised"):
         extract_indicators(m)
+
+
+@pytest.mark.parametrize("quant", [{}, {"grad_scale": False}, {"grad_scale_numel": "per_sample"}])
+def test_indicator_model_takes_the_lsq_options_of_the_quant_section(quant):
+    from mpq.quant.convert import lsq_options
+    from mpq.quant.lsq import LsqQuantizer
+
+    m = build_indicator_model(models.create("resnet8", num_classes=10), image_size=16, candidates=CANDS,
+                              fixed_bits=((8, 8), (8, 8)), **lsq_options(quant))
+    qs = [q for q in m.modules() if isinstance(q, LsqQuantizer)]
+    assert qs and {(q.grad_scale, q.grad_scale_numel) for q in qs} == {
+        (quant.get("grad_scale", True), quant.get("grad_scale_numel", "tensor"))}

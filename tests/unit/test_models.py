@@ -7,7 +7,9 @@ import torchvision
 from torch import nn
 
 import mpq.models
+import mpq.quant
 from mpq.models.cifar_resnet import ZeroPadShortcut
+from mpq.models.rprelu import RPReLU, RPReLUBlock, add_rprelu
 
 CIFAR_NAMES = ["resnet8", "resnet20", "resnet32", "resnet56"]
 IMAGENET_NAMES = ["resnet18", "resnet50", "mobilenet_v2"]
@@ -202,3 +204,127 @@ def test_pretrained_loads_through_torchvision_weights(monkeypatch):
     assert torch.equal(transfer.features[0][0].weight, published["features.0.0.weight"])
     assert transfer.classifier[1].out_features == 10
     assert _layer_names(transfer)[-1] == "classifier.1"
+
+
+# ------------------------------------------------------------------- N2UQ RPReLU structure
+def _with_random_bn(model):
+    """Non-trivial BN statistics, so pre-activations are negative where a ReLU matters."""
+    torch.manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+RESNET_VARIANTS = [("resnet8", "A", 16), ("resnet8", "B", 16), ("resnet18", None, 32),
+                   ("resnet50", None, 32)]
+
+
+@pytest.mark.parametrize("name, shortcut, size", RESNET_VARIANTS)
+def test_rprelu_relu_init_equals_the_plain_model(name, shortcut, size):
+    """Zero shifts and zero slopes: every RPReLU is a ReLU, and the extra one in front of conv1
+    sees a ReLU output, so the converted model computes exactly what the plain one did."""
+    kwargs = {} if shortcut is None else {"shortcut": shortcut}
+    model = _with_random_bn(mpq.models.create(name, NUM_CLASSES, **kwargs))
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        plain = model(x)
+        names = _layer_names(model)
+        add_rprelu(model)
+        converted = model(x)
+    assert torch.equal(converted, plain)
+    assert _layer_names(model) == names, "conv/linear names are kept for policies"
+    assert not any(isinstance(m, nn.ReLU) for b in model.modules() if isinstance(b, RPReLUBlock)
+                   for m in b.modules())
+
+
+@pytest.mark.parametrize("name, expected", [
+    # 3 parameters per channel (shift, slope, shift) for the input of every block conv and the
+    # block output. resnet8: blocks (16|16,16,16), (16|16,32,32), (32|32,64,64).
+    ("resnet8", 3 * (48 + 80 + 160)),
+    # resnet18: per block in + planes + planes; layer1 2x192, layer2 320+384, layer3 640+768,
+    # layer4 1280+1536 (the reference's BasicBlock has the same 3 bias/PReLU/bias triples).
+    ("resnet18", 3 * (2 * 192 + 704 + 1408 + 2816)),
+    # resnet50: per block in + width + width + 4 width: layer1 448+2x640, layer2 1024+3x1280,
+    # layer3 2048+5x2560, layer4 4096+2x5120.
+    ("resnet50", 3 * (1728 + 4864 + 14848 + 14336)),
+])
+def test_rprelu_parameter_count(name, expected):
+    model = mpq.models.create(name, NUM_CLASSES)
+    before = sum(p.numel() for p in model.parameters())
+    add_rprelu(model)
+    assert sum(p.numel() for p in model.parameters()) - before == expected
+    assert sum(p.numel() for m in model.modules() if isinstance(m, RPReLU)
+               for p in m.parameters()) == expected
+
+
+def test_rprelu_block_structure_and_signed_inputs():
+    model = add_rprelu(mpq.models.create("resnet8", NUM_CLASSES, shortcut="B"))
+    block = model.layer2[0]
+    assert isinstance(block, RPReLUBlock)
+    assert [block.rprelu1.slope.numel(), block.rprelu2.slope.numel(),
+            block.rprelu_out.slope.numel()] == [16, 32, 32]
+    assert [n for n, _ in block.named_children()] == [
+        "rprelu1", "conv1", "bn1", "rprelu2", "conv2", "bn2", "downsample", "rprelu_out"]
+    convs = {f"layer{i}.0.conv{j}" for i in (1, 2, 3) for j in (1, 2)}
+    shortcuts = {"layer2.0.downsample.0", "layer3.0.downsample.0"}
+    assert model.rprelu_layers == convs | shortcuts
+    assert model.signed_inputs == convs | shortcuts | {"fc"}
+
+    resnet50 = add_rprelu(mpq.models.create("resnet50", NUM_CLASSES))
+    assert "layer1.0.downsample.0" in resnet50.rprelu_layers
+    assert "layer1.0.downsample.0" not in resnet50.signed_inputs, "fed by the stem's ReLU"
+    assert "layer2.0.downsample.0" in resnet50.signed_inputs
+    assert "layer1.0.conv3" in resnet50.rprelu_layers
+
+
+def test_rprelu_block_computes_its_documented_function():
+    """Reference init (slope 0.25) with shifted biases against a hand-written block."""
+    torch.manual_seed(0)
+    model = _with_random_bn(mpq.models.create("resnet8", NUM_CLASSES, shortcut="B"))
+    add_rprelu(model, init="reference")
+    block = model.layer2[0]
+    assert torch.all(block.rprelu1.slope == 0.25)
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, RPReLU):
+                m.shift_in.uniform_(-0.3, 0.3)
+                m.shift_out.uniform_(-0.3, 0.3)
+
+    def rprelu(m, z):
+        z = z + m.shift_in.view(1, -1, 1, 1)
+        return torch.where(z > 0, z, m.slope.view(1, -1, 1, 1) * z) + m.shift_out.view(1, -1, 1, 1)
+
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        out = block.bn1(block.conv1(rprelu(block.rprelu1, x)))
+        out = block.bn2(block.conv2(rprelu(block.rprelu2, out)))
+        expected = rprelu(block.rprelu_out, out + block.downsample(x))
+        assert torch.allclose(block(x), expected, atol=1e-6)
+
+
+def test_rprelu_state_dict_rebuilds_in_a_fresh_conversion():
+    torch.manual_seed(0)
+    trained = add_rprelu(_with_random_bn(mpq.models.create("resnet8", NUM_CLASSES)), init="reference")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    fresh = add_rprelu(mpq.models.create("resnet8", NUM_CLASSES)).eval()
+    fresh.load_state_dict(trained.state_dict())          # strict: same keys and shapes
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), trained(x))
+
+
+def test_rprelu_refuses_mobilenet_and_quantized_models():
+    with pytest.raises(ValueError, match="zoo ResNets only.*mobilenet_v2.*rprelu: false"):
+        add_rprelu(mpq.models.create("mobilenet_v2", NUM_CLASSES))
+    with pytest.raises(ValueError, match="rprelu_init"):
+        add_rprelu(mpq.models.create("resnet8", NUM_CLASSES), init="kaiming")
+    quantized = mpq.quant.convert_model(mpq.models.create("resnet8", NUM_CLASSES), image_size=16,
+                              weight_candidates=[4], act_candidates=[4])
+    with pytest.raises(ValueError, match="before quantizing"):
+        add_rprelu(quantized)

@@ -1,11 +1,19 @@
-"""N2UQ's LTQ and L1 weight quantizer against specs/n2uq.md sections 2-4."""
+"""N2UQ: LTQ, L1 weight quantizer, fp32 codes under autocast, the recipe on RPReLU ResNets."""
 import pytest
 import torch
 from torch import nn
 
+import mpq.models
+from mpq.build import load_state, quantize_for_policy
+from mpq.models.rprelu import RPReLU, RPReLUBlock
+from mpq.policy import Policy
 from mpq.quant import convert_model, set_policy_bits
+from mpq.quant.convert import split_layers
+from mpq.quant.layers import QuantConv2d
+from mpq.quant.lsq import LsqQuantizer
 from mpq.quant.n2uq import (L1WeightQuantizer, LtqQuantizer, l1_weight_quant, ltq_surrogate,
                             use_n2uq_quantizers)
+from mpq.train.qat import build_finetune_optimizer, init_act_steps
 
 
 def _random_ltq(bits, seed):
@@ -91,7 +99,7 @@ def test_gste_gradients_match_surrogate_autograd_and_finite_differences(bits):
 
 
 def test_gste_closed_forms_for_one_input():
-    """The table of spec section 3 for one u in segment k = 2 of a 2-bit LTQ."""
+    """The G-STE closed forms (docs/methods/n2uq.md) for one u in segment k = 2 of a 2-bit LTQ."""
     q = _random_ltq(2, 5)
     with torch.no_grad():
         q.widths.copy_(torch.tensor([0.5, 0.8, 0.6]))
@@ -182,3 +190,202 @@ def test_mixed_bits_swap_keeps_fixed_layers_and_signed_inputs_on_lsq():
     out = model(torch.randn(4, 3, 6, 6))
     out.sum().backward()
     assert model.conv2.quan_a.widths.grad is not None
+
+
+# ------------------------------------------------------------ fp32 codes under bf16 autocast
+def _ltq_codes_and_grads(q, x, autocast):
+    for p in q.parameters():
+        p.grad = None
+    xg = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        codes, scale = q.codes_and_scale(xg)
+        out = q(xg)
+    torch.manual_seed(0)
+    (out.float() * torch.randn(out.shape)).sum().backward()
+    return codes, scale, out, [xg.grad] + [p.grad.clone() for p in _params(q)]
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_ltq_codes_and_gradients_are_fp32_exact_under_bf16_autocast(bits, input_dtype):
+    q = _random_ltq(bits, 20 + bits)
+    x = (torch.randn(2000) * 1.5).to(input_dtype)
+    codes, scale, out, grads = _ltq_codes_and_grads(q, x, autocast=True)
+    ref_codes, ref_scale, ref_out, ref_grads = _ltq_codes_and_grads(q, x, autocast=False)
+    assert codes.dtype == out.dtype == torch.float32
+    assert torch.equal(codes, ref_codes) and torch.equal(out, ref_out) and torch.equal(scale, ref_scale)
+    # the codes are those of the fp32 input (a bf16 input is exactly representable in fp32)
+    with torch.no_grad():
+        fp32_codes, _ = q.codes_and_scale(x.float())
+    assert torch.equal(codes, fp32_codes)
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_l1_weight_codes_and_gradients_are_fp32_exact_under_bf16_autocast(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(6, 4, 3, 3) * torch.tensor([0.01, 0.1, 1, 2, 0.5, 3]).view(6, 1, 1, 1)
+    up = torch.randn_like(w)
+    q = L1WeightQuantizer(bits)
+
+    def run(autocast):
+        wg = w.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            codes, scale = q.codes_and_scale(wg)
+            out = q(wg)
+        (out * up).sum().backward()
+        return codes, scale, out, wg.grad
+
+    for got, ref in zip(run(True), run(False)):
+        assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
+# ------------------------------------------------------------------- code-domain interface
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_ltq_codes_times_scale_is_the_forward_with_its_gradients(bits):
+    q = _random_ltq(bits, 40 + bits)
+    x = torch.randn(500) * 1.5
+    codes, scale = q.codes_and_scale(x)
+    K = 2**bits - 1
+    assert torch.equal(codes, codes.round()) and codes.min() >= 0 and codes.max() <= K
+    assert scale.numel() == 1 and scale.item() == pytest.approx(q.scale2.item() * 2 / K)
+    up = torch.randn_like(x)
+
+    def grads(fn):
+        for p in q.parameters():
+            p.grad = None
+        xg = x.clone().requires_grad_(True)
+        out = fn(xg)
+        (out * up).sum().backward()
+        return out.detach(), [xg.grad] + [p.grad.clone() for p in _params(q)]
+
+    via_codes, g_codes = grads(lambda t: torch.mul(*q.codes_and_scale(t)))
+    via_forward, g_forward = grads(q)
+    assert torch.equal(via_codes, via_forward)
+    for a, b in zip(g_codes, g_forward):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    # scale2 gets the forward value x_q (per unit scale2), reached through the scale
+    assert g_codes[4].item() == pytest.approx((up * via_forward).sum().item() / q.scale2.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_l1_weight_codes_are_odd_integers_times_the_channel_scale(bits):
+    torch.manual_seed(bits)
+    w = (torch.randn(4, 3, 3, 3) * torch.tensor([0.1, 1, 2, 0.5]).view(4, 1, 1, 1)).requires_grad_(True)
+    codes, scale = L1WeightQuantizer(bits).codes_and_scale(w)
+    levels = 2**bits - 1
+    s_c = levels / 2 ** (bits - 1) * w.detach().abs().mean((1, 2, 3))
+    assert torch.allclose(scale.flatten(), s_c / levels)
+    assert torch.equal(codes, codes.round())
+    odd = codes.detach().long()
+    assert (odd % 2 == 1).all() and odd.abs().max() <= levels
+    # the reference's Q = 2 round((clip(W/s_c) + 1)(2^n-1)/2)/(2^n-1) - 1, in code units
+    unit = (w.detach() / s_c.view(-1, 1, 1, 1)).clamp(-1, 1)
+    q_ref = 2 * torch.round((unit + 1) * levels / 2) / levels - 1
+    assert torch.equal(odd, (q_ref * levels).round().long())
+    up = torch.randn_like(w)
+    (codes * scale * up).sum().backward()
+    assert torch.allclose(w.grad, up / s_c.view(-1, 1, 1, 1), rtol=1e-5)
+
+
+# ------------------------------------------------------- the N2UQ recipe on the RPReLU ResNets
+def _resnet8_for(recipe, bits=2, seed=0):
+    torch.manual_seed(seed)
+    model = mpq.models.create("resnet8", 10, shortcut="B")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.5, 0.5)
+    _, names, _ = split_layers(model)
+    policy = Policy("resnet8", 10, 16, names, [bits] * len(names), [bits] * len(names))
+    return quantize_for_policy(model, policy, {}, recipe), policy
+
+
+def test_n2uq_recipe_builds_the_rprelu_structure_with_an_ltq_on_every_block_conv():
+    model, policy = _resnet8_for({"method": "n2uq"})
+    assert all(isinstance(model.get_submodule(f"layer{i}.0"), RPReLUBlock) for i in (1, 2, 3))
+    for name in policy.names:                    # block convs and the two downsample convs
+        layer = model.get_submodule(name)
+        assert isinstance(layer.quan_a, LtqQuantizer), name
+        assert isinstance(layer.quan_w, L1WeightQuantizer), name
+    assert "layer2.0.downsample.0" in policy.names
+    assert isinstance(model.fc.quan_a, LsqQuantizer)
+    plain, _ = _resnet8_for({"method": "n2uq", "rprelu": False})
+    assert not any(isinstance(m, RPReLU) for m in plain.modules())
+    lsq, _ = _resnet8_for({"method": "lsq", "rprelu": True})
+    assert isinstance(lsq.layer2[0], RPReLUBlock)
+    assert lsq.layer2[0].conv1.quan_a.signed, "LSQ behind an RPReLU sees signed inputs"
+
+
+def test_rprelu_relu_init_n2uq_model_equals_the_plain_n2uq_model_at_step_0():
+    x = torch.randn(4, 3, 16, 16)
+    outputs = []
+    for rprelu in (True, False):
+        model, _ = _resnet8_for({"method": "n2uq", "rprelu": rprelu})
+        # The RPReLU model's classifier reads a signed input (the last RPReLU can go negative once
+        # its slopes train), so its 8-bit LSQ is signed; give the plain model the same grid.
+        assert model.fc.quan_a.signed == rprelu
+        model.fc.quan_a.signed = True
+        init_act_steps(model, x)
+        with torch.no_grad():
+            outputs.append(model(x))
+    assert torch.equal(*outputs)
+
+
+@pytest.mark.parametrize("init", ["relu", "reference"])
+def test_finetuned_rprelu_state_dict_rebuilds_from_the_recipe(init):
+    recipe = {"method": "n2uq", "rprelu_init": init}
+    trained, policy = _resnet8_for(recipe)
+    x = torch.randn(2, 3, 16, 16)
+    init_act_steps(trained, x)
+    with torch.no_grad():
+        for m in trained.modules():
+            if isinstance(m, RPReLU):
+                m.shift_in.uniform_(-0.1, 0.1)
+    rebuilt = quantize_for_policy(mpq.models.create("resnet8", 10, shortcut="B"), policy, {}, recipe)
+    load_state(rebuilt, trained.state_dict(), "test")
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), trained.eval()(x))
+
+
+def test_rprelu_parameters_get_base_lr_and_no_weight_decay():
+    """The reference's 'other parameters' group: base lr, weight decay 0 (resnet/train.py)."""
+    model, _ = _resnet8_for({"method": "n2uq"})
+    recipe = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4,
+              "quant_optimizer": {"name": "adam", "lr": 1e-4}}
+    opt = build_finetune_optimizer(model, recipe)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    rprelu_params = [p for m in model.modules() if isinstance(m, RPReLU) for p in m.parameters()]
+    assert len(rprelu_params) == 3 * 3 * 3      # 3 tensors per RPReLU, 3 RPReLUs per block, 3 blocks
+    for p in rprelu_params:
+        assert group_of[id(p)]["weight_decay"] == 0.0 and group_of[id(p)]["lr"] == 1e-3
+    ltq = model.layer1[0].conv1.quan_a
+    assert group_of[id(ltq.widths)]["lr"] == 1e-4
+    assert group_of[id(model.layer1[0].conv1.weight)]["weight_decay"] == 1e-4
+
+
+def test_full_precision_n2uq_quantizers_offer_no_codes():
+    ltq, l1 = LtqQuantizer(2), L1WeightQuantizer(None)
+    ltq.set_bits(None)
+    x = torch.randn(5)
+    assert ltq.codes_and_scale(x) is None and torch.equal(ltq(x), x)
+    assert l1.codes_and_scale(x.view(5, 1)) is None
+
+
+def test_quant_conv_with_n2uq_quantizers_in_the_code_domain_matches_fake_quantization():
+    torch.manual_seed(0)
+    q = _random_ltq(3, 7)
+    layer = QuantConv2d(nn.Conv2d(4, 6, 3, padding=1, bias=False), L1WeightQuantizer(3), q)
+    x = torch.randn(2, 4, 5, 5) + 0.5
+    results = []
+    for code_domain in (True, False):
+        layer.code_domain = code_domain
+        layer.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        out = layer(xg)
+        out.square().sum().backward()
+        results.append((out.detach(), xg.grad, layer.weight.grad, q.widths.grad, q.scale2.grad))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 """OMPQ: linear CKA, units, orthogonality, the importance file, the LP and its rounding
-(specs/ompq.md sections 1-6 and the section 8 test vectors)."""
+(docs/methods/ompq.md, with the published test vectors)."""
+import copy
 import itertools
 import json
 import pickle
@@ -123,21 +124,67 @@ def resnet8_importance(tmp_path_factory):
     return model, images, imp, path, CostModel.from_model(models.create("resnet8", num_classes=10), 16)
 
 
-def test_importance_uses_the_unit_features(resnet8_importance):
-    model, images, imp, _, _ = resnet8_importance
+def _reference_features(model, images):
+    """The reference's pass: the whole model in train mode (it never calls eval()), on a copy."""
+    model = copy.deepcopy(model).train()
     seen = {}
-    hooks = [model.relu.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", o.clone())),
-             model.layer2[0].register_forward_hook(lambda m, i, o: seen.__setitem__("block", o.clone()))]
+    model.relu.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", o.clone()))
+    model.layer2[0].register_forward_hook(lambda m, i, o: seen.__setitem__("block", o.clone()))
     with torch.no_grad():
         logits = model(images)
-    for h in hooks:
-        h.remove()
+    return seen, logits
+
+
+def test_importance_uses_the_unit_features(resnet8_importance):
+    model, images, imp, _, _ = resnet8_importance
+    seen, logits = _reference_features(model, images)
     order = imp.units
     assert order[0] == "conv1" and order[-1] == "fc" and imp.samples == 12
     assert imp.orm[0, -1] == pytest.approx(linear_cka(seen["stem"], logits), abs=1e-9)
     assert imp.orm[0, order.index("layer2.0.conv2")] == pytest.approx(linear_cka(seen["stem"], seen["block"]),
                                                                       abs=1e-9)
     assert imp.unit_params["conv1"] == 3 * 16 * 9 and imp.unit_bn_params["conv1"] == 32
+
+
+def _with_wrong_running_stats(model):
+    wrong = copy.deepcopy(model)
+    for bn in wrong.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.fill_(-0.3)
+            bn.running_var.fill_(2.5)
+            bn.num_batches_tracked.fill_(7)
+    return wrong
+
+
+def _buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_train_mode_bn_ignores_the_running_statistics_and_leaves_them_alone(resnet8_importance):
+    model, images, imp, _, _ = resnet8_importance
+    wrong = _with_wrong_running_stats(model)
+    before = _buffers(wrong)
+    train_imp = compute_ompq_importance(wrong, images, mode="ptq", bn_mode="train")
+    assert np.allclose(train_imp.gamma, imp.gamma, atol=1e-10, rtol=0)
+    after = _buffers(wrong)
+    assert all(torch.equal(before[k], after[k]) for k in before) and not wrong.training
+    eval_right = compute_ompq_importance(model, images, mode="ptq", bn_mode="eval")
+    eval_wrong = compute_ompq_importance(wrong, images, mode="ptq", bn_mode="eval")
+    assert not np.allclose(eval_wrong.gamma, eval_right.gamma, atol=1e-3)
+    assert not np.allclose(eval_right.gamma, imp.gamma, atol=1e-6)   # the two modes do differ
+
+
+def test_eval_mode_bn_uses_the_running_statistics(resnet8_importance):
+    model, images, _, _, _ = resnet8_importance
+    imp = compute_ompq_importance(model, images, mode="ptq", bn_mode="eval")
+    seen = {}
+    h = model.relu.register_forward_hook(lambda m, i, o: seen.__setitem__("stem", o.clone()))
+    with torch.no_grad():
+        logits = model.eval()(images)
+    h.remove()
+    assert imp.orm[0, -1] == pytest.approx(linear_cka(seen["stem"], logits), abs=1e-9)
+    with pytest.raises(ValueError, match="bn_mode"):
+        compute_ompq_importance(model, images, bn_mode="batch")
 
 
 def test_importance_file_round_trips_and_gives_the_qat_view(resnet8_importance):

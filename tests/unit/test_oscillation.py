@@ -1,4 +1,4 @@
-"""Oscillation tracking, freezing, dampening and MSE init against specs/oscillations.md."""
+"""Oscillation tracking, freezing, dampening and MSE init (docs/methods/oscillations.md)."""
 import math
 
 import pytest
@@ -32,8 +32,8 @@ def test_tracker_counts_planted_oscillation_and_ignores_drift():
         expected = M * (t >= 2) + (1 - M) * expected
     assert tracker.freq[0].item() == pytest.approx(expected, rel=1e-5)
     assert tracker.freq[1:].tolist() == [0.0, 0.0, 0.0]
-    assert tracker.ema_int[3].item() == pytest.approx(3.0)
     assert not tracker.frozen.any()
+    assert not tracker.ema_started and not tracker.ema_int.any(), "no integer EMA while freezing is off"
 
 
 def test_oscillation_after_a_pause_still_counts():
@@ -56,6 +56,113 @@ def test_freezing_uses_rounded_ema_before_update_and_is_permanent():
     tracker.threshold = 10.0
     _feed(tracker, [[0, 0]])
     assert tracker.frozen[0], "freezing is permanent"
+
+
+class ReferenceTracker:
+    """A re-derivation of the reference's TrackOscillation (oscillations-qat), for comparison:
+    freezing state and the integer EMA appear at the first call with threshold > 0, seeded with
+    that call's codes; the EMA moves only while the threshold is > 0; every element above the
+    threshold (frozen or not) takes round(EMA)."""
+
+    def __init__(self, momentum):
+        self.m, self.threshold = momentum, 0.0
+        self.prev = self.prev_dir = self.freq = None
+        self.frozen = self.frozen_x = self.ema = None
+
+    def __call__(self, x):
+        if self.frozen is not None:
+            x = torch.where(self.frozen, self.frozen_x, x)
+        if self.prev is None:
+            self.prev, self.prev_dir, self.freq = x.clone(), torch.zeros_like(x), torch.zeros_like(x)
+        if self.frozen is None and self.threshold > 0:
+            self.frozen = torch.zeros_like(x, dtype=torch.bool)
+            self.frozen_x, self.ema = torch.zeros_like(x), x.clone()
+        delta = torch.round(self.prev - x)
+        switch = torch.sign(delta)
+        oscillated = (self.prev_dir * switch) == -1
+        self.freq = self.m * oscillated + (1 - self.m) * self.freq
+        self.prev_dir = torch.where(delta != 0, switch, self.prev_dir)
+        self.prev = x
+        if self.threshold > 0:
+            hot = self.freq > self.threshold
+            self.frozen = self.frozen | hot
+            self.frozen_x = torch.where(hot, torch.round(self.ema), self.frozen_x)
+            self.ema = self.m * x + (1 - self.m) * self.ema
+        return x
+
+
+def _threshold(t):
+    """A hand-driven schedule: off for 12 iterations, then falling from 0.3 to 0.1."""
+    return 0.0 if t < 12 else 0.3 - 0.2 * min(1.0, (t - 12) / 40)
+
+
+def test_freezing_matches_a_rederivation_of_the_reference():
+    gen = torch.Generator().manual_seed(5)
+    raw = torch.zeros(8)
+    ours, ref = OscillationTracker((8,), momentum=0.2), ReferenceTracker(0.2)
+    for t in range(60):
+        # a random walk of integer codes, with elements 0-3 flipping between two values
+        raw = torch.where(torch.arange(8) < 4, 1 - raw, raw + torch.randint(-1, 2, (8,), generator=gen))
+        ours.threshold = ref.threshold = _threshold(t)
+        codes = ours.apply_frozen(raw)
+        ours.update(codes)
+        expected = ref(raw)
+        assert torch.equal(codes, expected), t
+        if ref.frozen is None:
+            assert not ours.ema_started and not ours.frozen.any()
+            continue
+        assert ours.ema_started and torch.allclose(ours.ema_int, ref.ema, atol=1e-6), t
+        assert torch.equal(ours.frozen, ref.frozen), t
+        assert torch.equal(ours.frozen_int[ours.frozen], ref.frozen_x[ref.frozen]), t
+    assert ours.frozen.any() and ours.ema_int.dtype == torch.float32
+
+
+def test_integer_ema_is_seeded_when_freezing_turns_on():
+    tracker = OscillationTracker((1,), momentum=0.5)
+    _feed(tracker, [[6], [6], [6]])                 # threshold 0: tracking only
+    assert not tracker.ema_started and tracker.ema_int.item() == 0.0
+    tracker.threshold = 0.9
+    _feed(tracker, [[2]])                           # seeded with 2 (an EMA from step 0 would be 4)
+    assert tracker.ema_started and tracker.ema_int.item() == 2.0
+    _feed(tracker, [[3]])
+    assert tracker.ema_int.item() == pytest.approx(2.5)
+    tracker.threshold = 0.0
+    _feed(tracker, [[5]])
+    assert tracker.ema_int.item() == pytest.approx(2.5), "the EMA moves only while freezing is on"
+
+
+def test_a_frozen_element_above_the_threshold_takes_the_new_rounded_ema():
+    tracker = OscillationTracker((1,), momentum=0.5)
+    tracker.frozen.fill_(True)
+    tracker.frozen_int.fill_(1.0)
+    tracker.freq.fill_(0.8)
+    tracker.threshold = 0.1
+    tracker.update(torch.tensor([1.0]))             # seeds the EMA at 1, freq 0.4 > 0.1
+    tracker.ema_int.fill_(3.2)
+    tracker.update(tracker.apply_frozen(torch.tensor([0.0])))
+    assert tracker.frozen.item() and tracker.frozen_int.item() == 3.0
+
+
+def test_tracker_state_stays_float32_under_bf16_autocast():
+    torch.manual_seed(4)
+    w = nn.Parameter(torch.randn(64) * 0.7)
+    for bits in range(2, 9):
+        plain, autocast = _tracked_weight_quantizer(w, bits), _tracked_weight_quantizer(w, bits)
+        for q in (plain, autocast):
+            q.train()
+            q.tracker.threshold = 0.5
+        plain(w)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast(w)
+            codes = autocast.integer_codes(w)[0]
+        step = plain.step.detach()
+        exact = torch.clamp(w.detach() / step, *int_range(bits, True)).round()
+        for t in (plain.tracker, autocast.tracker):
+            assert t.prev_int.dtype == t.ema_int.dtype == t.frozen_int.dtype == torch.float32
+            assert torch.equal(t.prev_int, exact), bits
+            assert torch.allclose(t.ema_int, exact, atol=1e-5, rtol=0), bits   # fp32 EMA of one step
+        assert torch.equal(autocast.tracker.ema_int, plain.tracker.ema_int), bits
+        assert torch.equal(codes.float(), exact), bits
 
 
 def _tracked_weight_quantizer(w, bits=3):
@@ -173,6 +280,15 @@ def test_control_sets_per_bit_thresholds_and_dampening_weight():
         damp.begin_iteration()
     assert damp.dampen_weight == pytest.approx(0.1)
     assert damp.regulariser().item() > 0
+
+
+def test_schedules_count_iterations_from_one_like_the_reference():
+    model, (q,) = _tracked_net()
+    control = OscillationControl(model, OscillationOptions(mode="freeze"), total_iterations=8)
+    control.begin_iteration()                       # iteration 1 < 0.25 * 8: still off
+    assert q.tracker.threshold == 0.0
+    control.begin_iteration()                       # iteration 2 = the decay start: f_start
+    assert q.tracker.threshold == pytest.approx(0.1)
 
 
 def test_freeze_recipe_needs_a_start_threshold():

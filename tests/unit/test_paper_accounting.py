@@ -38,7 +38,7 @@ def test_readme_table_is_the_generated_one(accounting, table):
 
 
 def test_limpq_resnet50_golden_policy(accounting, table):
-    """specs/limpq.md 8: the exact-accounting ILP optimum and the README policy."""
+    """docs/methods/limpq.md: the exact-accounting ILP optimum and the README policy."""
     exact = _row(table, "limpq_resnet50", "limpq-w3a4-cr12.2 (exact")
     assert round(exact.bitops_g, 4) == 55.3006
     assert round(exact.size_mib, 4) == 7.9719
@@ -55,7 +55,7 @@ def test_limpq_resnet50_golden_policy(accounting, table):
 
 
 def test_ompq_resnet18_lists(accounting, table):
-    """specs/ompq.md 8: 6.6916 MiB, 96.730 G (a8) and 74.444 G (a6); the PTQ 4.0 list 3.9962 MiB."""
+    """docs/methods/ompq.md: 6.6916 MiB, 96.730 G (a8) and 74.444 G (a6); the PTQ 4.0 list 3.9962 MiB."""
     a8 = _row(table, "ompq_resnet18_qat", "ompq-6.7mb-a8")
     a6 = _row(table, "ompq_resnet18_qat", "ompq-6.7mb-a6")
     assert round(a8.size_mib, 4) == round(a6.size_mib, 4) == 6.6916
@@ -68,7 +68,7 @@ def test_ompq_resnet18_lists(accounting, table):
 
 
 def test_uniform_points_match_the_accounting_spec(table):
-    """specs/accounting.md 8.2/8.3 uniform totals."""
+    """docs/methods/accounting.md uniform totals."""
     assert round(_row(table, "limpq_resnet18", "W4A4").bitops_g, 4) == 34.7144
     assert round(_row(table, "limpq_resnet50", "W4A4").bitops_g, 4) == 71.1899
     assert round(_row(table, "rfquant_mobilenetv2", "uniform W4A4").bitops_g, 3) == 5.394

@@ -1,5 +1,6 @@
 """PTQ path: BN folding, the affine grid and its MSE init, AdaRound, block reconstruction,
-integer checkpoints, and W8A8 accuracy on the embedded digits model (specs/ptq.md)."""
+BRECQ's activation placement, calibration data, fp32 codes under bf16 autocast, integer
+checkpoints, and W8A8 accuracy on the embedded digits model (docs/methods/ptq.md)."""
 import copy
 import json
 
@@ -12,14 +13,14 @@ from mpq import models
 from mpq.data import build_data, make_loader
 from mpq.data.calibration import calibration_images
 from mpq.policy import Policy
-from mpq.quant.adaround import annealed_beta, initial_v, rectified_sigmoid, soft_weight
-from mpq.quant.affine import AffineActQuantizer, affine_quant, mse_range
+from mpq.quant.adaround import annealed_beta, initial_v, rectified_sigmoid, rounding_codes, soft_weight
+from mpq.quant.affine import AffineActQuantizer, affine_codes, affine_quant, mse_range
 from mpq.quant.bn_fold import fold_batchnorm
 from mpq.quant.convert import split_layers
-from mpq.quant.ptq import ptq_quantize, ptq_settings
-from mpq.quant.ptq_layers import PtqConv2d, ptq_layers
+from mpq.quant.ptq import calibration_set, prepare_ptq_model, ptq_quantize, ptq_settings
+from mpq.quant.ptq_layers import PtqConv2d, act_quantizer_bits, act_quantizers, ptq_layers, set_act_quant
 from mpq.quant.ptq_model import load_ptq_model, save_ptq_model
-from mpq.quant.reconstruction import reconstruct_weights, reconstruction_units
+from mpq.quant.reconstruction import capture, reconstruct_acts, reconstruct_weights, reconstruction_units
 from mpq.train import evaluate, save_checkpoint
 from mpq.train.fp32 import pretrain
 from test_ompq import run_stage_in_process
@@ -157,7 +158,7 @@ def digits_fp32():
 @pytest.fixture(scope="module")
 def w8a8(digits_fp32):
     model, data, _ = digits_fp32
-    images = calibration_images(data.train, ptq_settings({})["calib_images"], 0)   # the default 1,024
+    images = calibration_set(data.train, ptq_settings({}), 0)   # the defaults: 1,024 augmented training crops
     quantized, metrics = ptq_quantize(model, _policy(model, 8, 8), images, FAST, seed=0)
     return quantized, metrics, images
 
@@ -176,7 +177,8 @@ def test_ptq_follows_the_policy_bits(digits_fp32, w8a8):
     _, _, images = w8a8
     policy = _policy(model, 3, 4, fixed=((4, 8), (2, 8)))
     policy.w_bits[1] = 5
-    quantized, _ = ptq_quantize(model, policy, images[:64], {"iters_w": 2, "iters_a": 2}, seed=0)
+    quantized, _ = ptq_quantize(model, policy, images[:64], {"iters_w": 2, "iters_a": 2, "act_placement": "input"},
+                                seed=0)
     layers = dict(ptq_layers(quantized))
     assert layers["conv1"].w_bits == 4 and layers["conv1"].quan_a is None       # image stays float
     assert (layers["fc"].w_bits, layers["fc"].quan_a.bits) == (2, 8)
@@ -211,3 +213,171 @@ def test_ptq_stage_writes_a_loadable_checkpoint(digits_fp32, tmp_path):
                          "--out", str(tmp_path / "model.pt"))
     loaded, policy, ckpt = load_ptq_model(tmp_path / "model.pt")
     assert policy.w_bits == [4] * 6 and ckpt["metrics"]["calib_images"] == 128
+
+
+# ------------------------------------------------------------------ BRECQ activation placement
+def _resnet20(shortcut="B"):
+    torch.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, shortcut=shortcut)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _resnet20_policy(model, a_bits=None, fixed=((8, 8), (8, 8))):
+    _, names, _ = split_layers(model)
+    a_bits = [a_bits.get(n, 4) for n in names] if a_bits else [4] * len(names)
+    return Policy("resnet20", 10, 16, names, [4] * len(names), a_bits, fixed_bits=fixed)
+
+
+def _act_bits(model):
+    return {name: q.bits for name, q in act_quantizers(model)}
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_brecq_placement_on_resnet20_w4a4(shortcut):
+    """BRECQ (quant_block.py, quant_model.py): the stem's conv-ReLU output at 8 bits, one quantiser
+    after each block's add + ReLU, one after conv1's ReLU inside each block (conv2's input); none
+    on conv2's or the downsample's output, so none on a block's first conv, downsample or fc input."""
+    model = _resnet20(shortcut)
+    prepare_ptq_model(model, _resnet20_policy(model))
+    expected = {"relu.act_out": 8}
+    for stage in (1, 2, 3):
+        for i in range(3):
+            expected[f"layer{stage}.{i}.conv2.quan_a"] = 4
+            expected[f"layer{stage}.{i}.act_out"] = 4
+    assert _act_bits(model) == expected
+    layers = dict(ptq_layers(model))
+    assert layers["layer2.0.conv1"].quan_a is None and layers["fc"].quan_a is None
+    assert (shortcut == "B") == ("layer2.0.downsample.0" in layers)
+    if shortcut == "B":
+        assert layers["layer2.0.downsample.0"].quan_a is None
+
+
+def test_output_placement_maps_mixed_input_bits_onto_output_quantizers():
+    model = _resnet20()
+    a_bits = {"layer1.0.conv1": 2, "layer1.0.conv2": 5, "layer2.0.conv1": 6, "layer2.0.downsample.0": 3,
+              "layer3.0.conv1": 3, "layer3.0.downsample.0": 7, "layer3.2.conv2": 7}
+    policy = _resnet20_policy(model, a_bits, fixed=((8, 6), (8, 8)))
+    inputs, outputs = act_quantizer_bits(prepare_ptq_model(copy.deepcopy(model), policy, act_placement="input"), policy,
+                                         "input")
+    assert not outputs and inputs["fc"] == 8 and inputs["layer2.0.downsample.0"] == 3
+    prepare_ptq_model(model, policy)
+    bits = _act_bits(model)
+    assert bits["relu.act_out"] == 6                 # the stem's fixed a-bits, not layer1.0.conv1's 2
+    assert bits["layer1.0.conv2.quan_a"] == 5         # inside a block: the layer's own input bits
+    assert bits["layer1.2.act_out"] == 6              # consumers layer2.0.conv1 (6) and downsample (3): max
+    assert bits["layer2.2.act_out"] == 7              # consumers 3 and 7
+    assert bits["layer3.2.act_out"] == 7              # feeds fc only: the block's own bits (its conv2's)
+    assert bits["layer1.0.act_out"] == 4
+
+
+def test_output_placement_quantizes_block_outputs_and_calibrates():
+    model = _resnet20()
+    images = torch.randn(16, 3, 16, 16)
+    quantized, metrics = ptq_quantize(model, _resnet20_policy(model), images,
+                                      {"iters_w": 2, "iters_a": 3, "act_init_images": 16, "batch_size": 8}, seed=0)
+    assert metrics["settings"]["act_placement"] == "output"
+    quantizers = dict(act_quantizers(quantized))
+    assert all(bool(q.initialized) and q.enabled for q in quantizers.values())
+    seen = {}
+    hooks = [quantized.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, o))
+             for n in ("relu", "layer1.0", "layer3.2")]
+    hooks.append(quantized.fc.register_forward_pre_hook(lambda m, i: seen.setdefault("fc_in", i[0])))
+    with torch.no_grad():
+        logits = quantized(images)
+    for h in hooks:
+        h.remove()
+    assert torch.isfinite(logits).all()
+    for name, qmax in (("relu", 255), ("layer1.0", 15), ("layer3.2", 15)):
+        q = quantizers[f"{name}.act_out"]
+        codes = seen[name] / q.delta + q.zero
+        assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.min() >= -1e-3 and codes.max() <= qmax + 1e-3
+    pooled = seen["layer3.2"].mean((2, 3))            # fc reads the pooled 4-bit block output as is
+    assert torch.allclose(seen["fc_in"], pooled)
+
+
+def test_activation_reconstruction_learns_the_block_output_step():
+    model = _resnet20()
+    reference = fold_batchnorm(copy.deepcopy(model), 16)
+    quantized = prepare_ptq_model(model, _resnet20_policy(model))
+    images = torch.randn(16, 3, 16, 16)
+    set_act_quant(quantized, True)
+    with torch.no_grad():
+        quantized(images)
+    inputs, targets = capture(reference, "layer1.0", images, 16)
+    before = float(quantized.layer1[0].act_out.delta)
+    reconstruct_acts(quantized.layer1[0], inputs, targets, iters=5, batch_size=8, lr=0.01, p=2.4,
+                     generator=torch.Generator().manual_seed(0))
+    assert float(quantized.layer1[0].act_out.delta) != before
+
+
+def test_checkpoint_without_a_placement_reloads_with_input_quantizers(tmp_path):
+    model = _resnet20("A")     # the zoo's resnet20, as load_ptq_model rebuilds it
+    policy = _resnet20_policy(model)
+    images = torch.randn(8, 3, 16, 16)
+    recipe = {"iters_w": 1, "iters_a": 1, "act_init_images": 8, "act_placement": "input"}
+    quantized, _ = ptq_quantize(model, policy, images, recipe, seed=0)
+    legacy = {k: v for k, v in ptq_settings(recipe).items() if k != "act_placement"}
+    save_checkpoint(tmp_path / "old.pt", state_dict=quantized.state_dict(), arch="resnet20", num_classes=10,
+                    kind="ptq", config={}, policy=policy.to_dict(), ptq=legacy)
+    loaded, _, _ = load_ptq_model(tmp_path / "old.pt")
+    assert dict(ptq_layers(loaded))["layer1.0.conv1"].quan_a.bits == 4
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), quantized(images), atol=1e-5)
+
+
+def test_unknown_placement_and_calibration_transform_are_rejected():
+    with pytest.raises(ValueError, match="act_placement"):
+        ptq_settings({"act_placement": "outputs"})
+    with pytest.raises(ValueError, match="calib_transform"):
+        ptq_settings({"calib_transform": "test"})
+
+
+# ------------------------------------------------------------------------ calibration images
+def test_calibration_uses_augmented_training_crops_fixed_by_the_seed():
+    data = build_data({"name": "digits", "image_size": 16})
+    train = calibration_set(data.train, ptq_settings({"calib_images": 32}), seed=3)
+    assert torch.equal(train, calibration_set(data.train, ptq_settings({"calib_images": 32}), seed=3))
+    assert torch.equal(train, calibration_images(data.train, 32, 3, augment=True))
+    plain = calibration_set(data.train, ptq_settings({"calib_images": 32, "calib_transform": "eval"}), seed=3)
+    assert torch.equal(plain, calibration_images(data.train, 32, 3, augment=False))
+    assert not torch.equal(train, plain)
+
+
+# ------------------------------------------------------------------- fp32 codes under autocast
+def _autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_ptq_quantizer_codes_under_bf16_autocast_equal_fp32(bits):
+    torch.manual_seed(bits)
+    qmax = 2 ** bits - 1
+    # activation: a bf16 tensor, as a conv under autocast hands it on
+    x = (torch.rand(4096) * 5 - 0.5).to(torch.bfloat16)
+    act = AffineActQuantizer(bits)
+    act.enabled = True
+    act.init_range(x.float())
+    with _autocast():
+        codes_bf16, out_bf16 = affine_codes(x, act.delta, act.zero, qmax), act(x)
+    assert torch.equal(codes_bf16, affine_codes(x.float(), act.delta, act.zero, qmax))
+    assert out_bf16.dtype == torch.bfloat16 and torch.equal(out_bf16, act(x.float()).to(torch.bfloat16))
+    # weights: per-channel affine grid and AdaRound (soft and hard), fp32 and bf16 weights
+    layer = PtqConv2d(nn.Conv2d(4, 6, 3), bits, bits).requires_grad_(False)
+    v = layer.start_rounding().detach()
+    for w in (layer.weight, layer.weight.to(torch.bfloat16)):
+        expected = [affine_codes(w.float(), layer.w_delta, layer.w_zero, qmax),
+                    rounding_codes(w.float(), v, layer.w_delta, layer.w_zero, qmax),
+                    rounding_codes(w.float(), v, layer.w_delta, layer.w_zero, qmax, hard=True)]
+        with _autocast():
+            got = [affine_codes(w, layer.w_delta, layer.w_zero, qmax),
+                   rounding_codes(w, v, layer.w_delta, layer.w_zero, qmax),
+                   rounding_codes(w, v, layer.w_delta, layer.w_zero, qmax, hard=True)]
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    hard_fp32 = rounding_codes(layer.weight, v, layer.w_delta, layer.w_zero, qmax, hard=True)
+    soft_fp32 = soft_weight(layer.weight, v, layer.w_delta, layer.w_zero, qmax)
+    with _autocast():
+        assert torch.equal(layer.weight_codes(), hard_fp32) and torch.equal(layer.quantized_weight(), soft_fp32)

@@ -1,4 +1,4 @@
-"""LSQ values and gradients against the formulas of specs/limpq.md section 1, and conversion."""
+"""LSQ values and gradients against the formulas of docs/methods/lsq.md, and conversion."""
 import math
 
 import pytest
@@ -179,3 +179,71 @@ def test_convert_with_policy_lists_and_fp_fixed_layers():
     assert model.conv1.bits == (None, None) and model.fc.bits == (None, None)
     with pytest.raises(ValueError, match="already quantized"):
         convert_model(model, image_size=8, weight_candidates=[4], act_candidates=[4])
+
+
+# ------------------------------------------------------------------ fc_scale_trick (SAT, LIMPQ)
+def _classifier(trick=True):
+    torch.manual_seed(11)
+    lin = nn.Linear(20, 7)
+    lin.bias.data.uniform_(-0.5, 0.5)
+    qw = LsqQuantizer([8], "weight", signed=True)
+    qw.init_weight_steps(lin.weight)
+    layer = QuantLinear(lin, qw, LsqQuantizer([8], "act", signed=False)).train()
+    x = torch.rand(9, 20)
+    layer(x)                                  # act step init
+    layer.fc_scale_trick = trick
+    return layer, x
+
+
+def _sat_reference(layer, x):
+    """The reference QuanLinear.forward: f = 1/(sqrt(out) * torch.std(q_w)); train scales q_w by
+    f, eval divides the bias by f."""
+    wq = layer.quan_w(layer.weight).detach()
+    xq = layer.quan_a(x).detach()
+    f = 1.0 / (layer.out_features ** 0.5) / torch.std(wq)
+    return xq @ (wq * f).t() + layer.bias.detach(), xq @ wq.t() + layer.bias.detach() / f, f
+
+
+@pytest.mark.parametrize("code_domain", [False, True])
+def test_fc_scale_trick_train_and_eval_follow_the_reference(code_domain):
+    layer, x = _classifier()
+    layer.code_domain = code_domain
+    train_ref, eval_ref, f = _sat_reference(layer, x)
+    train_out = layer.train()(x).detach()
+    eval_out = layer.eval()(x).detach()
+    assert torch.allclose(train_out, train_ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(eval_out, eval_ref, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(eval_out * f, train_out, rtol=1e-5, atol=1e-6)   # a positive factor
+    assert torch.equal(eval_out.argmax(1), train_out.argmax(1))
+    plain, _ = _classifier(trick=False)
+    assert not torch.allclose(plain.train()(x), train_out, atol=1e-3), "the trick changes the logits"
+
+
+def test_fc_scale_trick_scales_the_weight_gradient():
+    layer, x = _classifier()
+    plain, _ = _classifier(trick=False)
+    upstream = torch.randn(9, 7)
+    (layer(x) * upstream).sum().backward()
+    (plain(x) * upstream).sum().backward()
+    f = _sat_reference(layer, x)[2]
+    assert torch.allclose(layer.weight.grad, plain.weight.grad * f, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(layer.bias.grad, plain.bias.grad)
+
+
+def test_fc_scale_trick_reaches_the_classifier_from_the_recipe():
+    from mpq import models
+    from mpq.build import quantize_for_policy
+    from mpq.policy import Policy
+    from mpq.quant import split_layers
+
+    def build(recipe):
+        model = models.create("resnet8", num_classes=10)
+        names = split_layers(model)[1]
+        policy = Policy("resnet8", 10, 16, names, [4] * len(names), [4] * len(names))
+        return quantize_for_policy(model, policy, {}, recipe)
+
+    on = build({"method": "lsq", "fc_scale_trick": True})
+    off = build({"method": "lsq"})
+    assert on.get_submodule(on.mpq_fixed[1]).fc_scale_trick
+    assert not off.get_submodule(off.mpq_fixed[1]).fc_scale_trick
+    assert sum(getattr(m, "fc_scale_trick", False) for m in on.modules()) == 1

@@ -1,9 +1,11 @@
 """RFQuant supernet: sampling, the bit-width scheduler, IDM, QE, EMA, export, and W6A6 vs FP32."""
 import copy
+from pathlib import Path
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mpq import models
@@ -11,9 +13,9 @@ from mpq.build import quantized_model
 from mpq.data import build_data, make_loader, split_holdout
 from mpq.importance.bit_scheduler import freeze_ratio, freeze_turbulent, is_event, turbulence
 from mpq.importance.ema import EmaModel
-from mpq.importance.rfquant import RFQUANT_DEFAULTS, rfquant_config, supernet_step, train_supernet
+from mpq.importance.rfquant import RFQUANT_DEFAULTS, clip_gradients, rfquant_config, supernet_step, train_supernet
 from mpq.importance.rfquant_export import export_subnet, quant_config_for_export
-from mpq.importance.rfquant_losses import BnOutputTap, min_bit_layers, qe_term, qe_weight
+from mpq.importance.rfquant_losses import AlignPoint, IdmTap, min_bit_layers, qe_term, qe_weight
 from mpq.importance.supernet import (CandidateState, build_supernet, calibrate_bn, init_supernet_act_steps,
                                      layer_candidates, load_supernet, sample_subnet, save_supernet,
                                      subnet_accuracy)
@@ -107,32 +109,104 @@ def test_turbulence_counts_weights_near_a_threshold_inside_the_range():
 
 # --- losses --------------------------------------------------------------------------------------
 
-def test_idm_only_touches_layers_sampled_at_their_minimum_bit(digits):
-    model, state = fresh_supernet(digits)
-    state.w[3] = [6, 5, 4, 3]                      # frozen layer: its minimum is now 3
-    x, _ = next(iter(make_loader(digits.train, 32, train=True)))
+def reference_forward(model, x):
+    """The reference's IDM capture, re-derived by hand on a CIFAR ResNet: a hook keeps every
+    searchable layer's BN output tensor without copying it, and each block runs timm's BasicBlock
+    forward (in-place ReLU, `x += shortcut`). Returns the stored tensors after the forward, i.e.
+    what the reference's MSE then reads."""
+    stored, hooks = {}, []
+    for layer, bn in model.rfquant_bn_of.items():
+        hooks.append(model.get_submodule(bn).register_forward_hook(
+            lambda m, i, out, layer=layer: stored.__setitem__(layer, out)))
+    x = F.relu(model.bn1(model.conv1(x)), inplace=True)
+    for stage in (model.layer1, model.layer2, model.layer3):
+        for block in stage:
+            shortcut = x
+            out = F.relu(block.bn1(block.conv1(x)), inplace=True)
+            out = block.bn2(block.conv2(out))
+            if block.downsample is not None:
+                shortcut = block.downsample(x)
+            out += shortcut
+            x = F.relu(out, inplace=True)
+    for h in hooks:
+        h.remove()
+    return stored
+
+
+def option_b_supernet(digits):
+    """resnet8 with 1x1-conv shortcuts, so a shortcut BN is searchable too."""
+    torch.manual_seed(0)
+    model = models.create("resnet8", num_classes=10, shortcut="B")
+    state = build_supernet(model, image_size=16, candidates=FULL)
+    x, _ = next(iter(make_loader(digits.train, 16, train=True)))
+    init_supernet_act_steps(model, state, x)
     model.train()
-    tap = BnOutputTap(model)
+    return model, state, x
+
+
+def test_idm_aligns_what_the_reference_aliased_bn_output_holds(digits):
+    model, state, x = option_b_supernet(digits)
+    tap = IdmTap(model)
+    assert tap.points["layer1.0.conv1"] == AlignPoint("layer1.0.relu1")
+    assert tap.points["layer1.0.conv2"] == AlignPoint("layer1.0")              # after add and ReLU
+    assert tap.points["layer2.0.downsample.0"] == AlignPoint("layer2.0.downsample.1")   # its own output
     set_policy_bits(model, *state.max_subnet())
     tap.record()
     model(x)
-    targets = {k: v.clone() for k, v in tap.targets.items()}
-    assert set(targets) == set(state.names)
-    w = [2, 6, 4, 3, 2, 5]
+    with torch.no_grad():
+        want = reference_forward(model, x)
+    assert set(tap.targets) == set(want) == set(state.names)
+    for layer in state.names:
+        assert torch.allclose(tap.targets[layer], want[layer], atol=1e-6), layer
+    # The block output after conv2 is not its BN output: an un-aliased BN hook would differ.
+    assert tap.targets["layer1.0.conv2"].min() >= 0
+    tap.close()
+
+
+def test_idm_loss_and_its_gradient_equal_the_references(digits):
+    model, state, x = option_b_supernet(digits)
+    state.w[3] = [6, 5, 4, 3]                      # frozen layer: its minimum is now 3
+    tap = IdmTap(model)
+    set_policy_bits(model, *state.max_subnet())
+    tap.record()
+    model(x)
+    with torch.no_grad():
+        teacher = {k: v.detach().clone() for k, v in reference_forward(model, x).items()}
+    w = [2, 6, 4, 3, 2, 5, 2, 3]
     chosen = min_bit_layers(state.names, w, state.w)
-    assert chosen == [state.names[0], state.names[3], state.names[4]]
-    outputs = {}
-    hooks = [model.get_submodule(model.rfquant_bn_of[n]).register_forward_hook(
-        lambda m, i, o, n=n: outputs.__setitem__(n, o.detach().clone())) for n in state.names]
-    set_policy_bits(model, w, [4] * 6)
+    assert chosen == [state.names[i] for i in (0, 3, 4, 6)]
+    set_policy_bits(model, w, [4] * len(w))
+    weights = [model.get_submodule(n).weight for n in state.names]
     tap.align(chosen)
+    model(x)
+    ours = tap.loss()
+    ours_grad = torch.autograd.grad(ours, weights, allow_unused=True)
+    student = reference_forward(model, x)
+    theirs = sum(F.mse_loss(student[n], teacher[n]) for n in chosen)
+    theirs_grad = torch.autograd.grad(theirs, weights, allow_unused=True)
+    assert set(tap.terms) == set(chosen)
+    assert float(ours.detach()) == pytest.approx(float(theirs.detach()), rel=1e-5)
+    for a, b in zip(ours_grad, theirs_grad):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-7, rtol=1e-4))
+    tap.close()
+
+
+def test_idm_bn_output_option_aligns_the_pre_activation_bn_output(digits):
+    model, state, x = option_b_supernet(digits)
+    tap = IdmTap(model, "bn_output")
+    outputs = {}
+    hooks = [model.get_submodule(bn).register_forward_hook(
+        lambda m, i, o, n=n: outputs.__setitem__(n, o.detach().clone())) for n, bn in model.rfquant_bn_of.items()]
+    set_policy_bits(model, *state.max_subnet())
+    tap.record()
     model(x)
     for h in hooks:
         h.remove()
-    assert set(tap.terms) == set(chosen)
-    expected = sum(((outputs[n] - targets[n]) ** 2).mean() for n in chosen)
-    assert float(tap.loss().detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert all(torch.equal(tap.targets[n], outputs[n]) for n in state.names)
+    assert tap.targets["layer1.0.conv1"].min() < 0                     # before the ReLU
     tap.close()
+    with pytest.raises(ValueError, match="idm_target"):
+        IdmTap(model, "relu")
 
 
 def test_qe_term_only_counts_weights_on_the_coarse_grid():
@@ -152,17 +226,20 @@ def test_qe_term_only_counts_weights_on_the_coarse_grid():
     assert qe_weight(150, 100, 200) == pytest.approx(0.05)
 
 
-def test_one_step_accumulates_clipped_gradients(digits):
+def test_one_step_accumulates_gradients_that_are_clipped_afterwards(digits):
     model, state = fresh_supernet(digits)
     x, y = next(iter(make_loader(digits.train, 32, train=True)))
     model.train()
-    tap = BnOutputTap(model)
+    tap = IdmTap(model)
     loss, logits = supernet_step(model, x, y, state, torch.Generator().manual_seed(0),
                                  {**RFQUANT_DEFAULTS, "arwd": 0.0}, tap=tap, qe_lambda=0.05)
     tap.close()
     assert torch.isfinite(loss) and logits.shape == (32, 10)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and all(g.abs().max() <= 1.0 for g in grads)
+    raw = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert raw and max(g.abs().max() for g in raw) > 1.0, "the step itself leaves the sums unclipped"
+    clip_gradients(model, 1.0)        # what the train loop runs after the cross-rank average
+    clipped = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.equal(c, r.clamp(-1, 1)) for c, r in zip(clipped, raw))
     with pytest.raises(ValueError, match="unknown key"):
         rfquant_config({"epoch": 3})
 
@@ -227,3 +304,22 @@ def test_exported_subnet_matches_the_supernet_and_loads_as_a_quantized_checkpoin
     assert reloaded_policy.w_bits == w and not reloaded.get_submodule("layer1.0.conv1").quan_w.grad_scale
     loader = make_loader(digits.test, 128, train=False)
     assert evaluate(reloaded, loader, "cpu")["top1"] == pytest.approx(evaluate(exported, loader, "cpu")["top1"])
+
+
+def test_schema_defaults_equal_the_library_defaults():
+    """Where the config schema states a default of importance.rfquant or search.greedy, it is the
+    library's (one value for each fact), e.g. holdout_fraction 0: train on every training image."""
+    import yaml
+
+    from mpq.search.greedy import GREEDY_DEFAULTS
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml").read_text())
+    props = schema["properties"]
+    sections = [(props["importance"]["properties"]["rfquant"]["properties"], RFQUANT_DEFAULTS),
+                (props["search"]["properties"]["greedy"]["properties"], GREEDY_DEFAULTS)]
+    for keys, library in sections:
+        assert set(keys) == set(library)
+        for key, spec in keys.items():
+            if "default" in spec:
+                assert spec["default"] == library[key], key
+    assert RFQUANT_DEFAULTS["holdout_fraction"] == 0.0 and RFQUANT_DEFAULTS["idm_target"] == "activation"

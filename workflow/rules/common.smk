@@ -83,8 +83,20 @@ def base_spec():
             "model": config["model"]}
 
 
+PRETRAIN_EPOCHS_FROM_SCRATCH = 30
+
+
+def pretrain_section():
+    """config `pretrain` with an unset (null) `epochs` resolved: 0 with `weights` (import and
+    evaluate only), 30 from scratch. The spec carries the number, so giving it explicitly reruns nothing."""
+    section = dict(config["pretrain"])
+    if section["epochs"] is None:
+        section["epochs"] = 0 if section.get("weights") else PRETRAIN_EPOCHS_FROM_SCRATCH
+    return section
+
+
 def pretrain_spec():
-    return as_json({**base_spec(), "pretrain": config["pretrain"]})
+    return as_json({**base_spec(), "pretrain": pretrain_section()})
 
 
 def indicators_spec():
@@ -103,17 +115,20 @@ def search_spec(wildcards):
     if method == "ilp":
         spec["search"] = {**{k: v for k, v in config["search"].items() if k != "greedy"},
                           **{k: policy[k] for k in ("alpha", "solver") if k in policy}}
-    elif method == "greedy":   # scores candidates on held-out training batches: needs the data
+    elif method == "greedy":   # scores candidates on training batches: needs the data
         spec.update(base_spec())
         spec["search"] = config["search"]["greedy"]
     elif method == "ompq":
-        spec["search"] = {k: v for k, v in config["importance"]["ompq"].items() if k not in ("samples", "augment")}
+        spec["search"] = {k: v for k, v in config["importance"]["ompq"].items() if k not in OMPQ_FEATURE_KEYS}
     return as_json(spec)
+
+
+OMPQ_FEATURE_KEYS = ("samples", "augment", "bn_mode")   # the ompq_importance rule's; the rest are the search's
 
 
 def ompq_spec():
     cfg = config["importance"]["ompq"]
-    return as_json({**base_spec(), "ompq": {k: cfg[k] for k in ("samples", "augment")}})
+    return as_json({**base_spec(), "ompq": {k: cfg[k] for k in OMPQ_FEATURE_KEYS}})
 
 
 def supernet_spec():
