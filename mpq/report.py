@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["policy", "search", "importance", "finetune", "budget", "bitops_g", "size_mb", "compression_ratio",
-           "avg_w_bits", "avg_a_bits", "top1", "top5", "loss", "time_pretrain_s", "time_importance_s",
-           "time_search_s", "time_finetune_s", "time_evaluate_s"]
+           "avg_w_bits", "avg_a_bits", "top1", "start_top1", "below_start", "top5", "loss", "time_pretrain_s",
+           "time_importance_s", "time_search_s", "time_finetune_s", "time_evaluate_s"]
 IMPORTANCE_RULES = {"limpq": ("train_indicators", "extract_importance"), "rfquant": ("train_supernet",),
                     "ompq": ("ompq_importance",)}
 
@@ -18,6 +18,21 @@ def _budget_text(budget) -> str:
     if not budget:
         return ""
     return ";".join(f"{k}={v}" for k, v in budget.items() if v is not None)
+
+
+def start_comparison(finetune_metrics: dict, top1: float) -> dict:
+    """The finetune's start (test metrics after range init and BN re-estimation) beside the final
+    top-1, and whether training ended below it; empty when the finetune did not train."""
+    if finetune_metrics.get("start_top1") is None:
+        return {}
+    start = float(finetune_metrics["start_top1"])
+    return {"start_top1": start, "start_top5": finetune_metrics.get("start_top5"),
+            "below_start": bool(top1 < start)}
+
+
+def below_start_policies(table: pd.DataFrame) -> list[str]:
+    """Names of the policies whose finetune ended below its start."""
+    return [str(p) for p in table.loc[table["below_start"].eq(True), "policy"]]
 
 
 def read_benchmarks(paths) -> dict:
@@ -52,7 +67,7 @@ def summary_table(fp32: dict, policies: list[dict], times: dict | None = None) -
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("bitops_g", "size_mb"):
         df[col] = df[col].astype(float).round(6)
-    for col in ("top1", "top5", "loss", "compression_ratio", "avg_w_bits", "avg_a_bits"):
+    for col in ("top1", "start_top1", "top5", "loss", "compression_ratio", "avg_w_bits", "avg_a_bits"):
         df[col] = df[col].astype(float).round(4)
     return df
 

@@ -1,4 +1,5 @@
 """Stage: evaluate a finetuned quantized model on the test split. Writes metrics.json."""
+import logging
 import time
 
 from mpq.build import finetuned_model
@@ -6,9 +7,12 @@ from mpq.cost import CostModel
 from mpq import models
 from mpq.data import make_loader
 from mpq.io import atomic_write_json
+from mpq.report import start_comparison
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data
 from mpq.train import evaluate
+
+log = logging.getLogger("mpq")
 
 
 def main():
@@ -29,7 +33,11 @@ def main():
     metrics = {"policy": spec["policy_name"], "search": cfg["search"], "importance": cfg.get("importance"),
                "finetune": cfg.get("finetune"), "budget": cfg.get("budget") or {"bits": cfg.get("bits")},
                **result, **policy.cost_summary(cost), "eval_seconds": round(time.perf_counter() - t0, 3),
-               "w_bits": policy.w_bits, "a_bits": policy.a_bits}
+               "w_bits": policy.w_bits, "a_bits": policy.a_bits,
+               **start_comparison(ckpt.get("metrics") or {}, result["top1"])}
+    if metrics.get("below_start"):
+        log.warning("policy %s ended below its finetune start: top-1 %.2f at the start, %.2f at the end",
+                    spec["policy_name"], metrics["start_top1"], result["top1"])
     atomic_write_json(args.out, metrics)
 
 

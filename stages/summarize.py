@@ -1,11 +1,14 @@
 """Stage: collect FP32 and per-policy metrics into summary.csv and draw the accuracy-cost fronts."""
 import argparse
+import logging
 from pathlib import Path
 
 from mpq.figures import plot_front
 from mpq.io import atomic_write_text
-from mpq.report import load_metrics, read_benchmarks, summary_table
+from mpq.report import below_start_policies, load_metrics, read_benchmarks, summary_table
 from mpq.runtime import run_stage
+
+log = logging.getLogger("mpq")
 
 
 def main():
@@ -24,6 +27,9 @@ def main():
     plot_front(table, "size_mb", "weight size (MiB)", figures / "top1_vs_size", f"{args.experiment}: top-1 vs size")
     atomic_write_text(args.out, table.to_csv(index=False))
     print(table.to_string(index=False))
+    below = below_start_policies(table)
+    if below:
+        log.warning("finetune ended below its start (column below_start): %s", ", ".join(below))
 
 
 if __name__ == "__main__":

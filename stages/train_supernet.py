@@ -2,8 +2,7 @@
 import copy
 
 from mpq.build import fixed_bits_of
-from mpq.data import split_holdout
-from mpq.importance.rfquant import rfquant_config, train_supernet
+from mpq.importance.rfquant import rfquant_config, supernet_training_split, train_supernet
 from mpq.importance.supernet import build_supernet, save_supernet, subnet_accuracy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data, loader_args
@@ -21,12 +20,9 @@ def main():
     state = build_supernet(model, image_size=data.image_size, candidates=spec["quant"]["candidates"],
                            fixed_bits=fixed_bits_of(spec["quant"]), switchable_bn=cfg["switchable_bn"],
                            grad_scale=cfg["grad_scale"], depthwise_min_bits=cfg["depthwise_min_bits"])
-    # As in the reference, the supernet trains on the whole training split and the greedy search
-    # scores on it too; holdout_fraction > 0 keeps that share out of training for the search.
     holdout = {"fraction": float(cfg["holdout_fraction"]), "seed": loading["seed"]}
-    train_set, held = data.train, None
-    if holdout["fraction"] > 0:
-        train_set, held = split_holdout(data.train, holdout["fraction"], holdout["seed"])
+    train_set, held = supernet_training_split(data.train, cfg, batch_size=loading["batch_size"],
+                                              seed=holdout["seed"])
     device = resolve_device(spec["device"])
     ema, metrics = train_supernet(model, state, train_set, cfg, device, **loading)
     if held is not None:   # information only: the EMA max subnet on the holdout, BN calibrated

@@ -45,6 +45,20 @@ def subset(dataset, n: int, seed: int):
     return take(dataset, chosen.sort().values)
 
 
+def fraction_subset(dataset, fraction: float, batch_size: int, seed: int):
+    """A `data_fraction` share of a training set, fixed by seed (docs/methods/data-fraction.md).
+
+    1.0 is the dataset itself (the references train on all of it); below that, at least one
+    batch so an epoch never runs empty.
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return dataset
+    return subset(dataset, max(int(batch_size), int(len(dataset) * fraction)), seed)
+
+
 def split_holdout(dataset, fraction: float, seed: int):
     """(rest, holdout) with `fraction` of the items held out; stratified if labels are known."""
     rest, holdout = holdout_indices(len(dataset), labels_of(dataset), fraction, seed)

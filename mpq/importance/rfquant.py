@@ -34,7 +34,7 @@ RFQUANT_DEFAULTS = {
     "qe_start": 40, "qe_lambda": 0.1,
     "arwd": 0.0, "ema_decay": 0.9997, "grad_clip": 1.0, "scheduler": True, **SCHEDULER_DEFAULTS,
     "switchable_bn": "pair", "grad_scale": False, "depthwise_min_bits": 3,
-    "holdout_fraction": 0.0, "bn_calibration_images": 7000,
+    "holdout_fraction": 0.0, "data_fraction": 1.0, "bn_calibration_images": 7000,
 }
 
 
@@ -45,6 +45,22 @@ def rfquant_config(cfg: dict | None) -> dict:
     if unknown:
         raise ValueError(f"importance.rfquant: unknown key(s) {unknown}; known: {', '.join(RFQUANT_DEFAULTS)}")
     return {**RFQUANT_DEFAULTS, **cfg}
+
+
+def supernet_training_split(train_set, cfg: dict, *, batch_size: int, seed: int):
+    """(supernet training set, holdout or None) carved from the training split.
+
+    As in the reference, the supernet trains on the whole split and the greedy search scores on it
+    too; holdout_fraction > 0 keeps that share out of training for the search. data_fraction < 1
+    then trains on a fixed share of what is left (a CPU-budget option; the search's scoring data
+    is not affected), see docs/methods/data-fraction.md.
+    """
+    from ..data.splits import fraction_subset, split_holdout
+
+    held = None
+    if float(cfg["holdout_fraction"]) > 0:
+        train_set, held = split_holdout(train_set, float(cfg["holdout_fraction"]), seed)
+    return fraction_subset(train_set, cfg["data_fraction"], batch_size, seed), held
 
 
 def clip_gradients(model: nn.Module, limit: float) -> None:

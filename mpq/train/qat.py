@@ -7,6 +7,7 @@ evaluated with refreshed statistics.
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -16,7 +17,7 @@ from ..quant.lsq import LsqQuantizer
 from ..quant.n2uq import LtqQuantizer
 from ..quant.oscillation import OscillationControl, OscillationOptions, mse_range_init, oscillation_stats
 from .kd import Distiller, KdOptions
-from .loop import active_batchnorms, batches_for, recalibrate_bn
+from .loop import active_batchnorms, batches_for, evaluate, recalibrate_bn
 from .fp32 import train_model
 from .optim import WEIGHT_DECAY_SCOPES, build_optimizer
 
@@ -168,6 +169,33 @@ def reestimate_bn(model: nn.Module, recipe: dict, loader, device, batch_size: in
     return recalibrate_bn(model, loader, device, images)
 
 
+def _rng_devices(device) -> list[int]:
+    """The CUDA device whose generator fork_rng must save and restore (none off CUDA)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def measure_start(model: nn.Module, data, recipe: dict, device, bn_loader, *, batch_size: int,
+                  workers: int) -> dict:
+    """Test metrics of the model training starts from, BN re-estimated as at the end of finetune.
+
+    Measured on a deep copy inside fork_rng (a file loader draws its base seed from the global
+    generator), so training, its random stream and its result equal those of a run that does not
+    measure (docs/methods/finetune_start.md).
+    """
+    from ..data import make_loader
+
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        probe = copy.deepcopy(model)
+        reestimate_bn(probe, recipe, bn_loader, device, batch_size)
+        test = evaluate(probe, make_loader(data.test, batch_size, train=False, workers=workers), device)
+    del probe
+    log.info("finetune start (after range init + BN re-estimation): top-1 %.2f", test["top1"])
+    return {"start_top1": test["top1"], "start_top5": test["top5"], "start_loss": test["loss"]}
+
+
 def _train(model, batches, recipe: dict, device, teacher, oscillation: OscillationOptions) -> dict:
     """The shared epoch loop (resumable, DDP-aware) with the recipe's loss terms in its step."""
     epochs = int(recipe["epochs"])
@@ -210,9 +238,16 @@ def finetune(model: nn.Module, data, recipe: dict, device, *, teacher: nn.Module
     trackers); `teacher` is the FP32 model, needed when recipe kd.enabled.
     """
     from ..data import make_loader
+    from ..data.splits import fraction_subset
+
+    # Drawn once (a new dataset object per epoch would be decoded again by the resident loader).
+    train_share = fraction_subset(data.train, recipe.get("data_fraction", 1.0), batch_size, seed)
 
     def batches(epoch, shift=0):
-        return make_loader(data.train, batch_size, train=True, seed=seed + shift, epoch=epoch,
+        """Training batches (shift 0) come from the recipe's data_fraction share of the training
+        split; the BN re-estimation stream (shift 1) reads all of it (docs/methods/data-fraction.md)."""
+        source = data.train if shift else train_share
+        return make_loader(source, batch_size, train=True, seed=seed + shift, epoch=epoch,
                            workers=workers)
 
     oscillation = OscillationOptions.from_recipe(recipe)
@@ -222,9 +257,11 @@ def finetune(model: nn.Module, data, recipe: dict, device, *, teacher: nn.Module
         mse_range_init(model, first)
     else:
         init_act_steps(model, first)
-    fit = {"epochs": 0}
-    if int(recipe.get("epochs", 0)) > 0:
+    fit, start = {"epochs": 0}, {}
+    if int(recipe.get("epochs", 0)) > 0:   # with no training the start is the final model
+        start = measure_start(model, data, recipe, device, batches(0, shift=1), batch_size=batch_size,
+                              workers=workers)
         fit = _train(model, batches, recipe, device, teacher, oscillation)
     used = reestimate_bn(model, recipe, batches(0, shift=1), device, batch_size)
     log.info("BN re-estimated on %d training images", used)
-    return {**fit, **oscillation_stats(model), "bn_images": used}
+    return {**fit, **start, **oscillation_stats(model), "bn_images": used}

@@ -1,4 +1,4 @@
-"""The shipped CIFAR-10 (GPU and CPU) and ImageNet configs pass the schema and dry-run without touching data."""
+"""The shipped CIFAR-10 (GPU, CPU, fidelity) and ImageNet configs pass the schema and dry-run without touching data."""
 import re
 import subprocess
 import sys
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar10-cpu", "imagenet"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar10-cpu", "fidelity-cifar10", "imagenet"])
 def test_config_validates_against_the_schema(name):
     import jsonschema
 
@@ -23,6 +23,7 @@ def test_config_validates_against_the_schema(name):
 
 
 @pytest.mark.parametrize("name,arch,loader", [("cifar10", "resnet20", "auto"), ("cifar10-cpu", "resnet20", "auto"),
+                                              ("fidelity-cifar10", "resnet20", "auto"),
                                               ("imagenet", "resnet18", "dali")])
 def test_config_dry_runs(tmp_path, name, arch, loader):
     """A dry run in an empty directory: the dataset root does not exist, so nothing reads data."""
@@ -47,3 +48,29 @@ def test_recipe_comparison_config_validates_and_plans_every_recipe():
     config = validate_config(yaml.safe_load((REPO / "config/recipes.yaml").read_text()), schema)
     used = {p["finetune"] for p in config["policies"].values()}
     assert used == {"lsq", "lsq-dampen", "lsq-freeze", "n2uq", "lsq-kd"}
+
+
+def test_fidelity_config_runs_the_method_matrix_from_one_schedule():
+    """Issue 14's matrix: one FP32 model, one QAT schedule, OMPQ PTQ at the uniform PTQ's size."""
+    from mpq import models
+    from mpq.config import validate_config
+    from mpq.cost import CostModel
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    config = validate_config(yaml.safe_load((REPO / "config/fidelity-cifar10.yaml").read_text()), schema)
+    policies, recipes = config["policies"], config["finetune"]
+    assert config["pretrain"]["weights"].endswith("resnet20-cifar10-published.th")
+    assert {p["finetune"] for p in policies.values()} == {"lsq", "lsq-dampen", "lsq-freeze", "n2uq", "lsq-kd",
+                                                          "ptq", "none"}
+    qat = [recipes[p["finetune"]] for p in policies.values() if p["finetune"] not in ("ptq", "none")]
+    schedule = {k: {(r[k] if k in r else None) for r in qat} for k in
+                ("epochs", "lr", "data_fraction", "weight_decay", "label_smoothing", "bn_recalibration_images")}
+    assert all(len(values) == 1 for values in schedule.values()), schedule
+    assert [p["bits"] for n, p in policies.items() if n.startswith("w2a2-")] == [[2, 2]] * 5
+    ptq_uniform = [p for p in policies.values() if p["finetune"] == "ptq" and p["search"] == "uniform"]
+    ompq_ptq = [p for p in policies.values() if p["finetune"] == "ptq" and p["search"] == "ompq"]
+    assert len(ptq_uniform) == len(ompq_ptq) == 1 and ompq_ptq[0]["mode"] == "ptq"
+    cost = CostModel.from_model(models.create("resnet20", num_classes=10), 32)
+    w, a = ptq_uniform[0]["bits"]
+    assert a == config["importance"]["ompq"].get("act_bits", 8)   # the same activation bits
+    assert ompq_ptq[0]["budget"]["size_mb"] == pytest.approx(cost.size_mib([w] * len(cost.names)), abs=1e-4)
