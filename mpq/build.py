@@ -10,15 +10,8 @@ from .models.rprelu import add_rprelu
 from .quant.convert import lsq_options, use_fc_scale_trick
 from .quant.n2uq import use_n2uq_quantizers
 from .quant.oscillation import OscillationOptions, track_oscillations
-from .train.checkpoint import CheckpointError, load_checkpoint
-
-
-def load_state(model: nn.Module, state: dict, source: str) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not fit the model (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); it was written for another model or "
-                              f"quantization setup, rerun the stage that writes it")
+from .quant.ptq_model import load_ptq_model
+from .train.checkpoint import load_checkpoint, load_state
 
 
 def fp32_model(path, arch: str, num_classes: int) -> tuple[nn.Module, dict]:
@@ -102,7 +95,5 @@ def finetuned_model(path) -> tuple[nn.Module, Policy, dict]:
     """Any model a finetune rule writes: QAT/subnet ('quantized') or calibration-only ('ptq')."""
     kind = load_checkpoint(path, kind=("quantized", "ptq"))["kind"]
     if kind == "ptq":
-        from .quant.ptq_model import load_ptq_model   # ptq_model imports this module
-
         return load_ptq_model(path)
     return quantized_model(path)

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from .. import models
-from ..build import load_state
 from ..quant import conv_bn_pairs, convert_model, searchable_layers, set_policy_bits, split_layers
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import load_checkpoint, load_state
 from ..train.loop import recalibrate_bn
 from ..train.qat import init_act_steps
 

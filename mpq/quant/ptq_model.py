@@ -9,9 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from .. import models
-from ..build import load_state
 from ..policy import Policy
-from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.checkpoint import load_checkpoint, load_state, save_checkpoint
 from .ptq import prepare_ptq_model, ptq_settings
 from .ptq_layers import set_act_quant
 

@@ -47,3 +47,12 @@ def load_checkpoint(path, *, kind: str | tuple[str, ...] | None = None, arch: st
         raise CheckpointError(f"{path}: checkpoint has {ckpt['num_classes']} classes but the config asks "
                               f"for {num_classes}; fix model.num_classes or rerun pretraining")
     return ckpt
+
+
+def load_state(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Load a state dict that must fit the model exactly; one error line naming `source` otherwise."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not fit the model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); it was written for another model or "
+                              f"quantization setup, rerun the stage that writes it")

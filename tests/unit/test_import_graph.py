@@ -1,0 +1,53 @@
+"""The library's imports flow one way: no cycle among mpq/ modules, lazy imports included."""
+import ast
+from pathlib import Path
+
+import mpq
+
+ROOT = Path(mpq.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """The mpq modules `path` imports anywhere in its body (so lazy imports count)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            target = f"{base}.{node.module}" if node.level and node.module else (node.module or base)
+            submodules = {f"{target}.{a.name}" for a in node.names}
+            found |= submodules
+            if not submodules <= known:   # names taken from the module itself, not its submodules
+                found.add(target)
+    return {m for m in found if m in known and m != name}
+
+
+def test_no_import_cycle_inside_mpq():
+    files = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {name: _imports(path, name, set(files)) for name, path in files.items()}
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycle = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
