@@ -8,7 +8,7 @@ from torch import nn
 from .. import distributed
 from . import resume
 from .loop import evaluate, train_epoch
-from .optim import WARMUP_LR, build_optimizer, lr_factor, set_epoch_lr
+from .optim import WARMUP_LR, build_optimizer, check_schedule_per, lr_factor, set_epoch_lr
 from .progress import EpochProgress
 
 log = logging.getLogger("mpq")
@@ -20,8 +20,9 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
     """Epoch loop with a per-epoch schedule; `train_batches(epoch)` returns that epoch's loader.
     `after_average(model)` is train_epoch's: it edits the gradients after the cross-rank average.
 
-    cfg: epochs, lr, optimizer, weight_decay, momentum, nesterov, schedule, warmup_epochs, warmup_lr,
-    min_lr.
+    cfg: epochs, lr, optimizer, weight_decay, momentum, nesterov, schedule, schedule_per (epoch: the
+    lr changes between epochs, as the references; iteration: before every step), warmup_epochs,
+    warmup_lr, min_lr.
     With an active resume file (mpq.train.resume.activate) the state is saved after every epoch,
     together with the mutable dict `extra_state`, and a rerun continues after the last saved epoch.
     Under DDP every rank runs this loop on its shard; only rank 0 writes the resume file.
@@ -43,15 +44,26 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
         log.info("%s: resuming after epoch %d/%d from %s", what, start, epochs, checkpoint.path)
     distributed.broadcast_state(model)   # DDP: every rank starts from rank 0's replica
     progress = EpochProgress(epochs, what, start_epoch=start)
+    per_iteration = check_schedule_per(cfg.get("schedule_per", "epoch")) == "iteration"
+
+    def factor_at(progress_in_epochs: float) -> float:
+        return lr_factor(progress_in_epochs, epochs, cfg.get("schedule", "cosine"), cfg.get("warmup_epochs", 0),
+                         min_factor, warmup_factor=cfg.get("warmup_lr", WARMUP_LR) / cfg["lr"],
+                         per_iteration=per_iteration)
+
     with resume.stop_on_signals():
         for epoch in range(start, epochs):
-            factor = lr_factor(epoch, epochs, cfg.get("schedule", "cosine"), cfg.get("warmup_epochs", 0),
-                               min_factor, warmup_factor=cfg.get("warmup_lr", WARMUP_LR) / cfg["lr"])
+            factor = factor_at(epoch)
             set_epoch_lr(optimizer, base_lrs, factor)
-            stats = train_epoch(model, train_batches(epoch), optimizer, device, step=step,
+            loader = train_batches(epoch)
+            before_step = None
+            if per_iteration and hasattr(loader, "__len__"):
+                def before_step(i, steps, epoch=epoch):
+                    set_epoch_lr(optimizer, base_lrs, factor_at(epoch + i / max(1, steps)))
+            stats = train_epoch(model, loader, optimizer, device, step=step,
                                 label_smoothing=label_smoothing, where=f"{what} epoch {epoch + 1}",
-                                after_average=after_average)
-            progress.report(epoch, loss=stats["loss"], train_acc=stats["acc"], lr=base_lrs[0] * factor)
+                                after_average=after_average, before_step=before_step)
+            progress.report(epoch, loss=stats["loss"], train_acc=stats["acc"], lr=optimizer.param_groups[0]["lr"])
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
             if checkpoint:

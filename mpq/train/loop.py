@@ -91,10 +91,12 @@ PROGRESS_EVERY_S = float(os.environ.get("MPQ_PROGRESS_EVERY", "60"))
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device,
                 step: Callable | None = None, label_smoothing: float = 0.0, where: str = "training",
-                after_average: Callable[[nn.Module], None] | None = None) -> dict:
+                after_average: Callable[[nn.Module], None] | None = None,
+                before_step: Callable[[int, int], None] | None = None) -> dict:
     """One epoch. `step(model, x, y) -> (loss, logits)` runs the forward/backward passes itself
     (multi-pass methods); by default it is one cross-entropy pass. `after_average(model)` edits
     the final gradients (e.g. clipping) after the cross-rank average, before the optimizer step.
+    `before_step(i, steps)` runs before batch i (0-based) of `steps` (per-iteration lr schedules).
 
     Distributed: the default pass goes through DDP; after a custom step the gradients are
     averaged over ranks; the returned loss/acc cover all ranks; rank 0's buffers (BN statistics)
@@ -107,6 +109,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     steps = len(loader) if hasattr(loader, "__len__") else None
     t0 = last_line = time.perf_counter()
     for i, (x, y) in enumerate(loader, 1):
+        if before_step is not None:
+            before_step(i - 1, steps)
         x, y = prepare_input(x, device), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device):

@@ -59,9 +59,24 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
 WARMUP_LR = 1e-5   # timm's warmup_lr default, the warm-up start of the LIMPQ and RFQuant recipes
 
 
-def lr_factor(epoch: int, epochs: int, schedule: str = "cosine", warmup: int = 0,
-              min_factor: float = 0.0, warmup_factor: float | None = None) -> float:
+SCHEDULE_UNITS = ("epoch", "iteration")
+
+
+def check_schedule_per(unit: str) -> str:
+    if unit not in SCHEDULE_UNITS:
+        raise ValueError(f"schedule_per {unit!r} is unknown; use {' or '.join(SCHEDULE_UNITS)}")
+    return unit
+
+
+def lr_factor(epoch: float, epochs: int, schedule: str = "cosine", warmup: float = 0,
+              min_factor: float = 0.0, warmup_factor: float | None = None,
+              per_iteration: bool = False) -> float:
     """Multiplier of the base lr at the start of `epoch` (stepped once per epoch).
+
+    per_iteration: `epoch` is the fractional progress (epoch + batch / batches) of an lr updated
+    before every optimizer step (timm's step_update); the same curves, sampled finely, so a
+    one-epoch run anneals instead of running at the base lr throughout. Linear is then
+    1 - progress / epochs (it starts at the base lr, as the per-epoch form's step 0 would).
 
     The values of timm's CosineLRScheduler (warmup_prefix off, t_initial = epochs): a linear
     warm-up from `warmup_factor` (timm's warmup_lr / lr; None: min_factor) rising by
@@ -80,7 +95,7 @@ def lr_factor(epoch: int, epochs: int, schedule: str = "cosine", warmup: int = 0
     if schedule == "linear":
         # N2UQ's LambdaLR(1 - step / epochs), stepped before each epoch: epoch 0 already runs at
         # 1 - 1/E and the last epoch at 0 (docs/methods/n2uq.md).
-        t = min(1.0, (epoch + 1) / max(1, epochs))
+        t = min(1.0, (epoch + (0 if per_iteration else 1)) / max(1, epochs))
         return min_factor + (1 - min_factor) * (1 - t)
     raise ValueError(f"schedule {schedule!r} is unknown; use cosine, linear or constant")
 

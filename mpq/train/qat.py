@@ -142,9 +142,14 @@ def _recipe_choice(recipe: dict, key: str, auto: str, allowed: tuple[str, ...]) 
     return choice
 
 
+RANGE_INIT_DEFAULT = "mse"   # the schema's default too: the best start the library has (issue 14)
+
+
 def _range_init(recipe: dict, oscillation: OscillationOptions) -> str:
-    return _recipe_choice(recipe, "range_init", "mse" if oscillation.mode != "none" else "lsq",
-                          ("mse", "lsq"))
+    """The recipe's range init; absent: MSE. `auto` keeps the old rule (MSE for the oscillation
+    recipes, whose reference uses it; the LSQ rule otherwise)."""
+    return _recipe_choice({"range_init": RANGE_INIT_DEFAULT, **recipe}, "range_init",
+                          "mse" if oscillation.mode != "none" else "lsq", ("mse", "lsq"))
 
 
 def _bn_procedure(recipe: dict, oscillation: OscillationOptions) -> str:

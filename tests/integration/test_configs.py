@@ -67,9 +67,13 @@ def test_fidelity_config_runs_the_method_matrix_from_one_schedule():
                 ("epochs", "lr", "data_fraction", "weight_decay", "label_smoothing", "bn_recalibration_images")}
     assert all(len(values) == 1 for values in schedule.values()), schedule
     assert [p["bits"] for n, p in policies.items() if n.startswith("w2a2-")] == [[2, 2]] * 5
-    ptq_uniform = [p for p in policies.values() if p["finetune"] == "ptq" and p["search"] == "uniform"]
+    act_bits = config["importance"]["ompq"].get("act_bits", 8)
+    ptq_uniform = [p for p in policies.values() if p["finetune"] == "ptq" and p["search"] == "uniform"
+                   and p["bits"][1] == act_bits]
     ompq_ptq = [p for p in policies.values() if p["finetune"] == "ptq" and p["search"] == "ompq"]
     assert len(ptq_uniform) == len(ompq_ptq) == 1 and ompq_ptq[0]["mode"] == "ptq"
+    # Section 3: the W4A4 QAT row has a calibration-only W4A4 row to keep or beat.
+    assert policies["uniform-w4a4-ptq"] == {**policies["uniform-w4a4"], "finetune": "ptq"}
     cost = CostModel.from_model(models.create("resnet20", num_classes=10), 32)
     w, a = ptq_uniform[0]["bits"]
     assert a == config["importance"]["ompq"].get("act_bits", 8)   # the same activation bits

@@ -187,3 +187,20 @@ def test_matches_the_reference_loop_and_never_raises_a_floor_layer(cost, budget,
     assert res.held > 0, "the case must exercise a chosen raise of a floor layer"
     assert (res.w_bits, res.a_bits) == reference_greedy(cost, limit, jittery_error, noise(seed), w_lists=w_lists)
     assert not [m for m in res.moves if m.new > m.old and m.old <= 2]
+
+
+def test_a_long_phase_logs_progress_lines(cost, monkeypatch, caplog):
+    """Each step scores ~40 forwards: a slow search says where it is (BitOps against the target)."""
+    import logging
+
+    from mpq.search import greedy
+
+    monkeypatch.setattr(greedy, "PROGRESS_EVERY_S", 0.0)
+    limit = cost.searchable_budget({"bitops": "w3a3"}).total_bitops
+    with caplog.at_level(logging.INFO, logger="mpq"):
+        [res] = run(cost, [limit])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("greedy ")]
+    assert len(lines) == len(res.moves) + res.held, "one line per step with the check at every step"
+    assert lines[0].startswith("greedy w phase step 0:") and "% of the way from the start" in lines[0]
+    assert any(line.startswith("greedy a phase step") for line in lines)
+    assert f"target {limit / 1e9:.6g}" in lines[-1]

@@ -113,3 +113,54 @@ def test_linear_schedule_is_n2uq_lambda_stepped_before_each_epoch():
     assert lr_factor(3, epochs, "linear", min_factor=0.1) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="linear"):
         lr_factor(0, epochs, "step")
+
+
+# ------------------------------------------------------------------------------ per-iteration lr
+def _lrs_seen(cfg, batches=4, epochs=2):
+    """The lr of every optimizer step of train_model on a tiny model, read inside the step."""
+    from mpq.train.fp32 import train_model
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+    data = [(torch.randn(2, 3), torch.tensor([0, 1])) for _ in range(batches)]
+    seen = []
+
+    def step(m, x, y):
+        seen.append(optimizer.param_groups[0]["lr"])
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        return loss, m(x)
+
+    train_model(model, lambda e: data, {"epochs": epochs, **cfg}, "cpu", what="t", step=step,
+                optimizer=optimizer)
+    return seen
+
+
+def test_per_epoch_schedule_holds_the_lr_within_an_epoch():
+    seen = _lrs_seen({"lr": 0.1, "schedule": "cosine", "schedule_per": "epoch"})
+    assert seen == pytest.approx([0.1] * 4 + [0.05] * 4), "cosine of epoch / epochs, once per epoch"
+
+
+def test_per_iteration_schedule_samples_the_same_curve_before_every_step():
+    """Step i of epoch e runs at the cosine of (e + i / steps) / epochs: a one-epoch run anneals."""
+    seen = _lrs_seen({"lr": 0.1, "schedule": "cosine", "schedule_per": "iteration"})
+    hand = [0.1 * 0.5 * (1 + math.cos(math.pi * (k / 4) / 2)) for k in range(8)]
+    assert seen == pytest.approx(hand)
+    one_epoch = _lrs_seen({"lr": 0.1, "schedule": "cosine", "schedule_per": "iteration"}, epochs=1)
+    assert one_epoch == pytest.approx([0.1, 0.1 * (1 + math.cos(math.pi / 4)) / 2, 0.05,
+                                       0.1 * (1 + math.cos(3 * math.pi / 4)) / 2])
+
+
+def test_per_iteration_warm_up_and_linear():
+    """A fractional warm-up rises linearly per step from warmup_lr; linear falls from the base lr."""
+    seen = _lrs_seen({"lr": 0.1, "schedule": "constant", "schedule_per": "iteration", "warmup_epochs": 0.5,
+                      "warmup_lr": 0.0}, epochs=1)
+    assert seen == pytest.approx([0.0, 0.05, 0.1, 0.1])
+    seen = _lrs_seen({"lr": 0.1, "schedule": "linear", "schedule_per": "iteration"}, epochs=1)
+    assert seen == pytest.approx([0.1, 0.075, 0.05, 0.025])
+
+
+def test_schedule_per_is_checked():
+    with pytest.raises(ValueError, match="schedule_per 'batch' is unknown; use epoch or iteration"):
+        _lrs_seen({"lr": 0.1, "schedule_per": "batch"})
