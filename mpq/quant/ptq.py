@@ -43,7 +43,7 @@ DEFAULTS = {
 CALIB_TRANSFORMS = ("train", "eval")
 # Keys every finetune recipe carries (the config schema fills the QAT defaults in): not PTQ settings.
 IGNORED = ("method", "epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
-           "warmup_epochs", "min_lr", "label_smoothing", "bn_recalibration_images")
+           "schedule_per", "warmup_epochs", "min_lr", "label_smoothing", "bn_recalibration_images", "range_init")
 
 
 def ptq_settings(recipe: dict | None) -> dict:

@@ -71,7 +71,9 @@ def test_fidelity_config_runs_the_method_matrix_from_one_schedule():
     ptq_uniform = [p for p in policies.values() if p["finetune"] == "ptq" and p["search"] == "uniform"
                    and p["bits"][1] == act_bits]
     ompq_ptq = [p for p in policies.values() if p["finetune"] == "ptq" and p["search"] == "ompq"]
-    assert len(ptq_uniform) == len(ompq_ptq) == 1 and ompq_ptq[0]["mode"] == "ptq"
+    assert len(ptq_uniform) == 1 and len(ompq_ptq) == 2 and {p["mode"] for p in ompq_ptq} == {"ptq"}
+    assert {p.get("beta") for p in ompq_ptq} == {None, 100.0}, "the default beta and the reference's"
+    assert len({p["budget"]["size_mb"] for p in ompq_ptq}) == 1
     # Section 3: the W4A4 QAT row has a calibration-only W4A4 row to keep or beat.
     assert policies["uniform-w4a4-ptq"] == {**policies["uniform-w4a4"], "finetune": "ptq"}
     cost = CostModel.from_model(models.create("resnet20", num_classes=10), 32)

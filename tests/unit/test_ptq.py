@@ -381,3 +381,23 @@ def test_ptq_quantizer_codes_under_bf16_autocast_equal_fp32(bits):
     soft_fp32 = soft_weight(layer.weight, v, layer.w_delta, layer.w_zero, qmax)
     with _autocast():
         assert torch.equal(layer.weight_codes(), hard_fp32) and torch.equal(layer.quantized_weight(), soft_fp32)
+
+
+def test_a_schema_filled_ptq_recipe_carries_only_known_or_ignored_keys():
+    """The schema fills every finetune recipe with the QAT defaults (label_smoothing, schedule_per,
+    range_init, ...); ptq_settings must take such a recipe and still refuse a typo."""
+    from pathlib import Path
+
+    import yaml
+
+    from mpq.config import validate_config
+
+    repo = Path(__file__).resolve().parents[2]
+    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    recipe = validate_config(config, schema)["finetune"]["ptq"]
+    assert {"schedule_per", "range_init", "label_smoothing"} <= set(recipe)
+    settings = ptq_settings(recipe)
+    assert settings["calib_images"] == recipe["calib_images"]
+    with pytest.raises(ValueError, match="unknown ptq setting"):
+        ptq_settings({**recipe, "iters_ww": 3})
