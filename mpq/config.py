@@ -7,8 +7,11 @@ strings, so scalars are coerced to the type the schema asks for before validatio
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import jsonschema
+
+from .io import read_yaml
 
 
 class ConfigError(ValueError):
@@ -72,10 +75,23 @@ def _one_line(error: jsonschema.ValidationError) -> str:
         return f"unknown key {keys}; allowed here: {', '.join(allowed)}"
     if error.validator == "required":
         return f"{where}: {error.message}"
+    if error.validator == "not" and list(error.validator_value) == ["required"]:
+        keys = error.validator_value["required"]   # keys that may not be given together
+        return f"{where}: {' and '.join(keys)} exclude each other; keep one of them"
     if error.validator in ("oneOf", "anyOf"):
         hint = error.schema.get("description", "")
         return f"{where}: value {error.instance!r} is not valid here" + (f" ({hint})" if hint else "")
     return f"{where}: {error.message}"
+
+
+def check_yaml_syntax(path) -> None:
+    """A config file that is not valid YAML, refused with its file, line and column (Snakemake's
+    own message names neither); a missing file is left to Snakemake."""
+    if Path(path).is_file():
+        try:
+            read_yaml(path, "a YAML config file")
+        except ValueError as e:
+            raise ConfigError(f"config error: {e}") from None
 
 
 def validate_config(config: dict, schema: dict) -> dict:
@@ -101,6 +117,9 @@ def _check_policies(cfg: dict) -> None:
         where = f"policies.{name}"
         if pol["search"] == "uniform" and "bits" not in pol:
             raise ConfigError(f"config error: {where}: search 'uniform' needs bits: [w, a]")
+        if pol["search"] == "uniform" and "budget" in pol:   # ignored, yet summary.csv would show it
+            raise ConfigError(f"config error: {where}: search 'uniform' ignores budget (its bits are bits: "
+                              f"[w, a]); remove budget, or use a search that meets it (ilp, greedy, ompq)")
         if pol["search"] != "uniform":
             if not pol.get("budget"):
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} needs a budget "

@@ -77,6 +77,53 @@ def atomic_torch_save(path, obj) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def read_text_input(path, what: str, usual_name: str | None = None) -> str:
+    """The text of a file the user named, refusing a folder or binary data with one line that says
+    what was expected (a checkpoint or a JPEG otherwise fails as "'utf-8' codec can't decode byte
+    0x80"). `usual_name`: the file a folder given by mistake may hold (policy.yaml), suggested
+    when it is there. A missing file is left to the caller, whose hint depends on the file."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / usual_name if usual_name else None
+        hint = f"did you mean {inside}?" if inside and inside.is_file() else f"give {what} itself"
+        raise ValueError(f"{path}: is a folder, not {what}; {hint}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text[:8192]:
+        raise ValueError(f"{path}: is binary data (a checkpoint or an image?), not {what}; pass {what} instead")
+    return text
+
+
+def yaml_error_where(err: yaml.YAMLError) -> str:
+    """'line L, column C: problem' of a YAML syntax error, on one line (PyYAML's own text spans
+    several lines, and the first of them does not say where). An unclosed bracket is noticed
+    lines later, so the line where the enclosing construct starts is given too."""
+    def at(mark):
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    problem, problem_mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if problem_mark is None:
+        return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    text = f"{at(problem_mark)}: {problem}"
+    if context:
+        elsewhere = context_mark is not None and context_mark.line != problem_mark.line
+        text += f" ({context} that starts at {at(context_mark)})" if elsewhere else f" ({context})"
+    return text
+
+
+def read_yaml(path, what: str, usual_name: str | None = None):
+    """A YAML file the user named, parsed; a syntax error names the file, line and column."""
+    text = read_text_input(path, what, usual_name)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: YAML syntax error at {yaml_error_where(e)}; fix that line") from None
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

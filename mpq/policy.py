@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .io import atomic_write_yaml
+from .io import atomic_write_yaml, read_yaml
+from .quant.lsq import bit_range_text, is_full_precision, supported_bits
 
 FORMAT = "mpq-policy/1"
 
@@ -37,14 +36,30 @@ class Policy:
                               f"{len(self.w_bits)} weight bits, {len(self.a_bits)} act bits")
         self.w_bits = [int(b) for b in self.w_bits]
         self.a_bits = [int(b) for b in self.a_bits]
+        self._check_bit_range()
+
+    def _check_bit_range(self) -> None:
+        """Refuse bits no quantizer implements, so that `mpq cost` or `mpq convert` never prints the
+        cost of a W9 or W1 layer; fixed layers may also be full precision (None or 32)."""
+        for name, w, a in zip(self.names, self.w_bits, self.a_bits):
+            if not (supported_bits(w) and supported_bits(a)):
+                raise PolicyError(f"layer {name} has W{w}A{a}; bit-widths must be {bit_range_text()}")
+        for role, pair in zip(("stem", "classifier"), self.fixed_bits):
+            for b in pair:
+                if not (is_full_precision(b) or supported_bits(int(b))):
+                    raise PolicyError(f"fixed {role} has W{pair[0]}A{pair[1]}; bit-widths must be "
+                                      f"{bit_range_text()} (or None/32 for full precision)")
 
     # --- checks ---------------------------------------------------------------------------------
     def check_model(self, names: list[str], source: str = "policy") -> None:
         if list(names) != list(self.names):
-            missing = [n for n in names if n not in self.names][:3]
-            extra = [n for n in self.names if n not in names][:3]
+            missing = [n for n in names if n not in self.names]
+            extra = [n for n in self.names if n not in names]
+            differ = "; ".join(f"{what} {', '.join(found[:3])}{' ...' if len(found) > 3 else ''}"
+                               for what, found in (("no entry for layer", missing), ("unknown layer", extra))
+                               if found) or "the layers are in another order"
             raise PolicyError(f"{source}: layers do not match the model's {len(names)} searchable layers "
-                              f"(missing {missing}, unexpected {extra}); search again for this model")
+                              f"({differ}); search again for this model")
 
     def check_candidates(self, candidates, source: str = "policy") -> None:
         allowed = set(int(c) for c in candidates)
@@ -119,14 +134,16 @@ class Policy:
         except (KeyError, TypeError) as e:
             raise PolicyError(f"{source}: malformed policy file (missing {e}); regenerate it with the "
                               f"search stage") from None
+        except PolicyError as e:   # lists of unequal length, bits out of range
+            raise PolicyError(f"{source}: {e}") from None
 
     @classmethod
     def load(cls, path) -> "Policy":
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise PolicyError(f"{path}: policy file not found; run the search stage first")
         try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise PolicyError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); regenerate it") from None
+            doc = read_yaml(path, "a policy.yaml", usual_name="policy.yaml")
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
         return cls.from_dict(doc, source=str(path))

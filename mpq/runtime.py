@@ -113,12 +113,18 @@ def run_stage(main) -> None:
         distributed.shutdown()
 
 
-def stage_parser(doc: str, spec_help: str):
-    """argparse parser with the options every stage takes (--spec, --threads)."""
+def stage_parser(doc: str, needs: str, optional: str = ""):
+    """argparse parser with the options every stage takes (--spec, --threads).
+
+    `needs`: the spec keys the stage cannot run without, comma-separated; begin_stage names a
+    missing one (otherwise it surfaces as a bare `error: 'model'`). `optional`: the others, for --help.
+    """
     import argparse
 
     ap = argparse.ArgumentParser(description=doc)
-    ap.add_argument("--spec", required=True, help=f"JSON (or @file.json) with the config sections: {spec_help}")
+    ap.add_argument("--spec", required=True, help=f"JSON (or @file.json) with the config sections: {needs}"
+                                                  + (f"; optional: {optional}" if optional else ""))
+    ap.set_defaults(spec_needs=tuple(k.strip() for k in needs.split(",")))
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     ap.add_argument("--timing-out", default=None,
                     help="write the stage's wall time here (benchmark TSV) for rules that cannot use "
@@ -132,6 +138,10 @@ def begin_stage(args) -> dict:
     global _TIMING
     _TIMING = (args.timing_out, time.perf_counter()) if getattr(args, "timing_out", None) else None
     spec = parse_spec(args.spec)
+    missing = [k for k in getattr(args, "spec_needs", ()) if k not in spec]
+    if missing:
+        raise ValueError(f"--spec has no {', '.join(repr(k) for k in missing)}; give every key this stage "
+                         f"needs: {', '.join(args.spec_needs)}")
     set_threads(args.threads)
     seed_everything(int(spec.get("seed", 0)))
     setup_device(spec)

@@ -33,16 +33,20 @@ def fp32_model_of(spec: dict, path):
 
 
 def load_policy_for(path, spec: dict):
-    """policy.yaml, refused before any work unless it is for the configured model and uses only the
-    candidate bits (or its search has its own range: uniform baselines such as W8A8; OMPQ's
-    [b_min, b_max])."""
+    """policy.yaml, refused before any work unless it is for the configured model, has one entry
+    per searchable layer of it (named, instead of failing later as a count of per-layer lists) and
+    uses only the candidate bits (or its search has its own range: uniform baselines such as W8A8;
+    OMPQ's [b_min, b_max])."""
+    from . import models
     from .policy import Policy
+    from .quant import split_layers
 
     policy = Policy.load(path)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     if (policy.arch, policy.num_classes) != (arch, num_classes):
         raise ValueError(f"{path}: policy is for {policy.arch}/{policy.num_classes} classes but the "
                          f"model is {arch}/{num_classes}; search again for this model")
+    policy.check_model(split_layers(models.create(arch, num_classes=num_classes))[1], source=str(path))
     method = (policy.meta.get("search") or {}).get("method")
     if method not in OWN_BIT_RANGE and "quant" in spec:
         policy.check_candidates(spec["quant"]["candidates"], source=str(path))

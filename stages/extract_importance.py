@@ -10,7 +10,7 @@ from mpq.train import load_checkpoint
 
 
 def main():
-    ap = stage_parser(__doc__, "model, quant, limpq")
+    ap = stage_parser(__doc__, "model", optional="quant, limpq")
     ap.add_argument("--indicators", required=True)
     ap.add_argument("--out", required=True, help="importance.pkl (LIMPQ format)")
     ap.add_argument("--meta-out", required=True, help="importance.json sidecar")

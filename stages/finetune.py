@@ -8,7 +8,7 @@ from mpq.train.qat import finetune
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, quant, recipe_name, recipe")
+    ap = stage_parser(__doc__, "device, dataset, model, quant, recipe", optional="seed, recipe_name")
     ap.add_argument("--policy", required=True, help="policy.yaml from the search stage")
     ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
     ap.add_argument("--out", required=True)
@@ -22,7 +22,6 @@ def main():
     recipe = spec["recipe"]
     teacher = fp32_model_of(spec, args.fp32) if KdOptions.from_recipe(recipe).enabled else None
     quantize_for_policy(model, policy, spec["quant"], recipe)
-    policy.check_model(model.mpq_searchable, source=args.policy)
     metrics = finetune(model, data, recipe, resolve_device(spec["device"]), teacher=teacher, **loader_args(spec))
     save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
                     kind="quantized", config=spec, metrics=metrics, policy=policy.to_dict(),

@@ -10,7 +10,7 @@ log = logging.getLogger("mpq")
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, ompq (samples, augment, bn_mode)")
+    ap = stage_parser(__doc__, "device, dataset, model", optional="seed, ompq (samples, augment, bn_mode)")
     ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
     ap.add_argument("--out", required=True, help="importance.pkl (OMPQ format)")
     args = ap.parse_args()

@@ -11,7 +11,7 @@ from mpq.train.pretrained import start_from_weights
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, pretrain")
+    ap = stage_parser(__doc__, "device, dataset, model, pretrain", optional="seed")
     ap.add_argument("--model-out", required=True)
     ap.add_argument("--metrics-out", required=True)
     args = ap.parse_args()

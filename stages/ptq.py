@@ -6,7 +6,7 @@ from mpq.stage_common import fp32_model_of, load_data, load_policy_for
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, quant, recipe_name, recipe")
+    ap = stage_parser(__doc__, "device, dataset, model, recipe", optional="seed, quant, recipe_name")
     ap.add_argument("--policy", required=True, help="policy.yaml from the search stage")
     ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
     ap.add_argument("--out", required=True, help="quantized model.pt (kind 'ptq')")

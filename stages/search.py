@@ -9,7 +9,8 @@ from mpq.stage_common import OWN_BIT_RANGE, load_data
 
 
 def main():
-    ap = stage_parser(__doc__, "policy_name, policy, model, image_size, quant, search (+ seed, device, dataset for greedy)")
+    ap = stage_parser(__doc__, "policy_name, policy, model, image_size, quant",
+                      optional="search (+ seed, device, dataset for greedy)")
     ap.add_argument("--importance", default=None, help="importance file of the policy's method")
     ap.add_argument("--out", required=True, help="policy.yaml")
     args = ap.parse_args()

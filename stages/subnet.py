@@ -10,7 +10,7 @@ DEFAULT_BN_IMAGES = 7000   # the reference's ~7,000 images (docs/methods/rfquant
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, quant, recipe_name, recipe")
+    ap = stage_parser(__doc__, "device, dataset, model, quant", optional="seed, recipe_name, recipe")
     ap.add_argument("--policy", required=True, help="policy.yaml from the search stage")
     ap.add_argument("--supernet", required=True, help="supernet.pt from train_supernet")
     ap.add_argument("--out", required=True, help="model.pt")

@@ -8,7 +8,7 @@ from mpq.train import resume, save_checkpoint
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, quant, limpq")
+    ap = stage_parser(__doc__, "device, dataset, model, quant, limpq", optional="seed")
     ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

@@ -9,7 +9,7 @@ from mpq.stage_common import fp32_model_of, load_data, loader_args
 
 
 def main():
-    ap = stage_parser(__doc__, "seed, device, dataset, model, quant, rfquant")
+    ap = stage_parser(__doc__, "device, dataset, model, quant", optional="seed, rfquant")
     ap.add_argument("--fp32", required=True, help="pretrained FP32 checkpoint")
     ap.add_argument("--out", required=True, help="supernet.pt")
     args = ap.parse_args()

@@ -60,6 +60,9 @@ def scan_splits(root) -> tuple[list, list, list[str]]:
     """(train samples, test samples, classes), checking both splits have the same classes."""
     train_dir, test_dir = split_dirs(root)
     train, classes = scan(train_dir)
+    if len(classes) < 2:   # usually all images in one folder; would advise model.num_classes: 1
+        raise ValueError(f"{train_dir} has one class folder ({classes[0]}/); a classifier needs at least 2: "
+                         f"put each class's images in its own folder, {train_dir}/<class>/<image>")
     test_classes = class_names(test_dir)
     if test_classes != classes:
         only_train = sorted(set(classes) - set(test_classes))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .lsq import round_ste
+from .lsq import bit_range_text, round_ste, supported_bits
 
 GRIDS = ("affine", "signed")
 SEARCH_STEPS = 80
@@ -22,8 +22,9 @@ F32 = torch.float32
 
 
 def grid_max(bits: int) -> int:
-    if not 2 <= int(bits) <= 8:
-        raise ValueError(f"bit-width {bits} is not supported; use 2..8 (None or 32 for full precision)")
+    if not supported_bits(int(bits)):
+        raise ValueError(f"bit-width {bits} is not supported; use {bit_range_text()} "
+                         f"(None or 32 for full precision)")
     return 2 ** int(bits) - 1
 
 

@@ -18,10 +18,23 @@ import torch.distributed as dist
 from torch import nn
 
 
+BIT_RANGE = (2, 8)   # the integer bit-widths the quantizers implement; every range check uses it
+
+
+def supported_bits(bits) -> bool:
+    """Whether `bits` is an integer bit-width within BIT_RANGE."""
+    return BIT_RANGE[0] <= bits <= BIT_RANGE[1]
+
+
+def bit_range_text() -> str:
+    return f"{BIT_RANGE[0]}..{BIT_RANGE[1]}"
+
+
 def int_range(bits: int, signed: bool, symmetric: bool = False) -> tuple[int, int]:
     """Integer grid [Qn, Qp] for a bit-width (docs/methods/lsq.md)."""
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bit-width {bits} is not supported; use 2..8 (None or 32 for full precision)")
+    if not supported_bits(bits):
+        raise ValueError(f"bit-width {bits} is not supported; use {bit_range_text()} "
+                         f"(None or 32 for full precision)")
     if not signed:
         return 0, 2**bits - 1
     qp = 2 ** (bits - 1) - 1

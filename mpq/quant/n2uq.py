@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .convert import searchable_layers
-from .lsq import is_full_precision
+from .lsq import bit_range_text, is_full_precision, supported_bits
 
 EPS = 1e-3
 
@@ -81,8 +81,8 @@ class LtqQuantizer(nn.Module):
 
     def __init__(self, bits: int, eps: float = EPS):
         super().__init__()
-        if not 2 <= bits <= 8:
-            raise ValueError(f"N2UQ activation bit-width {bits} is not supported; use 2..8")
+        if not supported_bits(bits):
+            raise ValueError(f"N2UQ activation bit-width {bits} is not supported; use {bit_range_text()}")
         levels = 2**bits - 1
         self.levels_bits, self.bits, self.eps = bits, bits, eps
         self.scale1 = nn.Parameter(torch.tensor(1.0))
@@ -152,8 +152,8 @@ class L1WeightQuantizer(nn.Module):
         self.set_bits(bits)
 
     def set_bits(self, bits: int | None) -> None:
-        if not is_full_precision(bits) and not 2 <= bits <= 8:
-            raise ValueError(f"N2UQ weight bit-width {bits} is not supported; use 2..8")
+        if not is_full_precision(bits) and not supported_bits(bits):
+            raise ValueError(f"N2UQ weight bit-width {bits} is not supported; use {bit_range_text()}")
         self.bits = bits
 
     def codes_and_scale(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

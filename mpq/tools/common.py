@@ -1,6 +1,7 @@
 """What several subcommands share: cost models for policies, bit options, table printing."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -33,10 +34,22 @@ def fixed_bits_arg(values) -> tuple:
                      f"classifier W A), got {len(values)}")
 
 
+def pixels(text: str) -> int:
+    """--image-size: a positive integer (0 otherwise fails deep inside torch's shape trace)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not an image size; give the input height = width in "
+                                         f"pixels, e.g. 32")
+    return value
+
+
 def add_model_args(ap, required: bool = False) -> None:
     ap.add_argument("--arch", required=required, help=f"model name ({', '.join(models.list_models())})")
     ap.add_argument("--num-classes", type=int, required=required, help="classifier outputs")
-    ap.add_argument("--image-size", type=int, required=required, help="input height = width in pixels")
+    ap.add_argument("--image-size", type=pixels, required=required, help="input height = width in pixels")
     ap.add_argument("--fixed-bits", nargs="+", default=["8", "8"], metavar="BITS",
                     help="bits of the fixed layers: W A for both stem and classifier, or "
                          "stem-W stem-A classifier-W classifier-A (default: 8 8)")

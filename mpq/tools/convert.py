@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from ..io import read_text_input, yaml_error_where
 from ..policy import FORMAT, Policy, PolicyError
 from .common import add_model_args, cost_model, emit, fixed_bits_arg, need_model_args, policy_cost
 
@@ -93,13 +94,14 @@ def read_form(path, form: str = "auto"):
     """(form, content): a Policy, {'weight_bits', 'act_bits'} lists, or a list of RFQuant records."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    text = path.read_text()
+    text = read_text_input(path, "a policy.yaml or a bit-lists file", usual_name="policy.yaml")
+    yaml_error = ""
     try:
         doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        doc = None
+    except yaml.YAMLError as e:   # may still be Python lists; if not, say where the YAML broke
+        doc, yaml_error = None, f" (as YAML: {yaml_error_where(e)})"
     if isinstance(doc, dict) and "format" in doc:
         if form not in ("auto", "policy"):
             raise PolicyError(f"{source}: is a policy.yaml, not {form} lists")
@@ -110,7 +112,8 @@ def read_form(path, form: str = "auto"):
         try:
             doc = _python_assignments(text) or _python_records(text)
         except (ValueError, SyntaxError):
-            raise PolicyError(f"{source}: neither a policy.yaml, LIMPQ lists nor RFQuant records") from None
+            raise PolicyError(f"{source}: neither a policy.yaml, LIMPQ lists nor RFQuant records"
+                              f"{yaml_error}") from None
     if isinstance(doc, dict) and form in ("auto", "limpq"):
         if "weight_bits" not in doc or "act_bits" not in doc:
             raise PolicyError(f"{source}: LIMPQ lists need both 'weight_bits' and 'act_bits'")
@@ -141,8 +144,11 @@ def to_policy(form: str, content, args, source: str, record: int | None = None) 
         lists, meta["budget"] = {"weight_bits": w, "act_bits": a}, {"bitops_g": bops}
     else:
         lists = content
-    return Policy.from_limpq_lists(lists, arch=args.arch, num_classes=args.num_classes,
-                                   image_size=args.image_size, names=cost.names, fixed_bits=fixed, meta=meta)
+    try:
+        return Policy.from_limpq_lists(lists, arch=args.arch, num_classes=args.num_classes,
+                                       image_size=args.image_size, names=cost.names, fixed_bits=fixed, meta=meta)
+    except PolicyError as e:   # entry counts, bits out of range
+        raise PolicyError(f"{source}: {e}") from None
 
 
 def run(args) -> None:

@@ -12,6 +12,22 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or for another model."""
 
 
+def load_failure(err: Exception, width: int = 160) -> str:
+    """Why torch.load failed, as one line of whole words.
+
+    A weights-only refusal opens with torch's generic paragraph (and its advice to load unsafely);
+    its specific line (`Unsupported operand 255`, `unsupported GLOBAL posix.system`) is the reason.
+    """
+    import textwrap
+
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        specific = [ln for ln in lines[1:] if not ln.startswith(("Please file an issue", "Check the documentation"))]
+        lines = [f"the weights-only loader refused it: {specific[0]}" if specific else lines[0]]
+    reason = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return textwrap.shorten(reason, width=width, placeholder=" ...")
+
+
 def save_checkpoint(path, *, state_dict, arch: str, num_classes: int, kind: str, config: dict,
                     metrics: dict | None = None, **extra) -> None:
     """kind says what the weights are: 'fp32', 'indicators', 'quantized', 'supernet', 'resume'."""
@@ -31,9 +47,8 @@ def load_checkpoint(path, *, kind: str | tuple[str, ...] | None = None, arch: st
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, wrong format, pickled code
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120]}); delete it and rerun the stage "
-                              f"that writes it") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({load_failure(e)}); delete it and "
+                              f"rerun the stage that writes it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "mpq-checkpoint/1":
         raise CheckpointError(f"{path}: not an mpq checkpoint (no 'format: mpq-checkpoint/1'); "
                               f"rerun the stage that writes it")

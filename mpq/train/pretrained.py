@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import load_failure
+
 log = logging.getLogger("mpq")
 
 TORCHVISION_NAME = re.compile(r"^(\w+_Weights)\.(\w+)$")
@@ -80,8 +82,7 @@ def _file_state_dict(path: str) -> dict:
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- corrupt file, pickled code: one line
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise PretrainedError(f"cannot read state dict from {file}: {reason}") from None
+        raise PretrainedError(f"cannot read state dict from {file}: {load_failure(e, width=300)}") from None
     if isinstance(obj, dict):
         for key in CHECKPOINT_KEYS:
             if isinstance(obj.get(key), dict):

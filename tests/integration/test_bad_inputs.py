@@ -50,12 +50,17 @@ def files(tmp_path_factory):
     save_checkpoint(d / "fp32_resnet20.pt", state_dict=other.state_dict(), arch="resnet20", num_classes=10,
                     kind="fp32", config={})
     (d / "truncated.pt").write_bytes((d / "fp32.pt").read_bytes()[:5000])
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(d / "photo.jpg")
     cost = CostModel.from_model(model, 16)
     n = len(cost.names)
     Policy("resnet8", 10, 16, cost.names, [4] * n, [4] * n,
            meta={"search": {"method": "ilp"}}).save(d / "policy.yaml", cost)
     Policy("resnet8", 10, 16, cost.names, [7] * n, [4] * n,
            meta={"search": {"method": "ilp"}}).save(d / "policy_bits.yaml", cost)
+    Policy("resnet8", 10, 16, cost.names[:2] + cost.names[3:], [4] * (n - 1), [4] * (n - 1),
+           meta={"search": {"method": "ilp"}}).save(d / "policy_missing.yaml")
     cost20 = CostModel.from_model(other, 32)
     Policy("resnet20", 10, 32, cost20.names, [4] * len(cost20.names), [4] * len(cost20.names),
            meta={"search": {"method": "ilp"}}).save(d / "policy_resnet20.yaml", cost20)
@@ -93,6 +98,8 @@ def search_spec(budget, **policy):
     ("missing.pt", ["missing.pt", "checkpoint not found", "run the stage"]),
     ("truncated.pt", ["truncated.pt", "not a readable checkpoint", "rerun the stage"]),
     ("fp32_resnet20.pt", ["fp32_resnet20.pt", "arch 'resnet20'", "'resnet8'", "fix model.arch"]),
+    ("photo.jpg", ["photo.jpg", "not a readable checkpoint (UnpicklingError: the weights-only loader refused "
+                   "it: Unsupported operand 255); delete it"]),   # torch's own reason, not cut mid-word
 ])
 def test_finetune_refuses_bad_checkpoints(files, existing, fp32, phrases):
     proc = run_stage("finetune", finetune_spec(), "--policy", files / "policy.yaml", "--fp32", files / fp32,
@@ -110,6 +117,7 @@ def test_finetune_refuses_checkpoint_with_other_class_count(files, existing):
 @pytest.mark.parametrize("policy, phrases", [
     ("policy_resnet20.yaml", ["policy_resnet20.yaml", "resnet20", "search again"]),
     ("policy_bits.yaml", ["policy_bits.yaml", "W7A4 outside the candidates"]),
+    ("policy_missing.yaml", ["policy_missing.yaml", "no entry for layer layer2.0.conv1", "search again"]),
 ])
 def test_finetune_refuses_policies_that_do_not_fit(files, existing, policy, phrases):
     proc = run_stage("finetune", finetune_spec(), "--policy", files / policy, "--fp32", files / "fp32.pt",
@@ -158,6 +166,45 @@ def test_pretrain_refuses_a_malformed_image_folder(tmp_path, existing):
     proc = run_stage("pretrain", spec, "--model-out", existing, "--metrics-out", tmp_path / "metrics.json")
     assert_one_line_error(proc, str(root))
     shutil_rm(root)
+
+
+def test_pretrain_refuses_a_one_class_image_folder(tmp_path, existing):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(root / split / "images" / f"{i}.jpg")
+    spec = {"seed": 0, "device": "cpu", "dataset": {"name": "imagefolder", "root": str(root), "image_size": 16,
+                                                    "batch_size": 8},
+            "model": MODEL, "pretrain": {"epochs": 1, "lr": 0.1}}
+    proc = run_stage("pretrain", spec, "--model-out", existing, "--metrics-out", tmp_path / "metrics.json")
+    assert_one_line_error(proc, f"{root}/train has one class folder (images/)", "a classifier needs at least 2",
+                          f"{root}/train/<class>/<image>")
+    shutil_rm(root)
+
+
+STAGE_FILES = {   # the file arguments of each stage with a --spec; none is read before the spec is checked
+    "pretrain": ["--model-out", "{out}", "--metrics-out", "{out}"],
+    "train_indicators": ["--fp32", "{fp32}", "--out", "{out}"],
+    "extract_importance": ["--indicators", "{fp32}", "--out", "{out}", "--meta-out", "{out}"],
+    "train_supernet": ["--fp32", "{fp32}", "--out", "{out}"],
+    "ompq_importance": ["--fp32", "{fp32}", "--out", "{out}"],
+    "search": ["--out", "{out}"],
+    "finetune": ["--policy", "{policy}", "--fp32", "{fp32}", "--out", "{out}"],
+    "ptq": ["--policy", "{policy}", "--fp32", "{fp32}", "--out", "{out}"],
+    "subnet": ["--policy", "{policy}", "--supernet", "{fp32}", "--out", "{out}"],
+    "evaluate": ["--model", "{fp32}", "--out", "{out}"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_FILES))
+def test_every_stage_names_the_spec_keys_it_misses(files, existing, name):
+    assert {p.stem for p in (REPO / "stages").glob("*.py")} - set(STAGE_FILES) == {"plot_policy", "summarize"}
+    args = [a.format(out=existing, fp32=files / "fp32.pt", policy=files / "policy.yaml") for a in STAGE_FILES[name]]
+    proc = run_stage(name, {}, *args)   # was `error: 'model'` (or 'dataset'): a bare KeyError
+    assert_one_line_error(proc, "--spec has no ", "'model'", "; give every key this stage needs: ")
 
 
 def shutil_rm(path):

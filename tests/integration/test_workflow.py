@@ -159,6 +159,47 @@ def test_changing_a_finetune_recipe_never_reruns_pretrain_or_search(finished_run
     assert jobs == {"finetune": 3, "evaluate": 3, "summarize": 1, "all": 1}, jobs
 
 
+def test_changing_only_a_policys_finetune_reruns_its_finetune_not_its_search(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    cfg["policies"]["limpq-w3a3"]["finetune"] = "lsq-dampen"
+    write_config(workdir, cfg)
+    jobs = planned_jobs(workdir)
+    assert jobs == {"finetune": 1, "evaluate": 1, "summarize": 1, "all": 1}, jobs
+    plan = snakemake(workdir, "-n").stdout
+    outputs = [ln.split(":", 1)[1].strip() for ln in plan.splitlines() if ln.strip().startswith("output:")]
+    assert "results/tiny/policies/limpq-w3a3/model.pt" in outputs
+    assert not [o for o in outputs if "policy.yaml" in o], outputs
+
+
+def test_a_yaml_syntax_error_in_the_config_names_file_and_line(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        "experiment: tiny\nmodel: {arch: resnet8, num_classes: 10}\npolicies:\n"
+        "  u: {search: uniform, bits: [4, 4]\n  v: {search: uniform, bits: [3, 3]}\n")
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "config error" in ln]
+    assert lines == ["config error: config/config.yaml: YAML syntax error at line 5, column 3: expected ',' or "
+                     "'}', but got '<scalar>' (while parsing a flow mapping that starts at line 4, column 6); "
+                     "fix that line"], proc.stdout + proc.stderr
+
+
+def test_a_stale_lock_says_to_unlock(tmp_path):
+    """Snakemake itself names --unlock (the lock is checked after the workflow is read, so no hook of
+    ours comes first); this guards the README's "Recovering" advice."""
+    write_config(tmp_path, {**TINY, "policies": {"u": {"search": "uniform", "bits": [4, 4]}}})
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/tiny/pretrain/model.pt\n")   # as a killed run leaves it
+    proc = snakemake(tmp_path, "results/tiny/pretrain/model.pt", check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Directory cannot be locked" in said and "--unlock" in said, said
+    assert not (tmp_path / "results/tiny/pretrain/model.pt").exists()
+    assert "snakemake --unlock" in (REPO / "README.md").read_text()
+
+
 def test_bad_config_key_fails_with_one_line(tmp_path):
     cfg = {**TINY, "policies": {"p": {"search": "uniform", "bits": [4, 4], "budgte": 1}}}
     write_config(tmp_path, cfg)

@@ -108,6 +108,75 @@ def test_console_entry_point_reports_errors(tmp_path):
     one_error(proc.returncode, proc.stderr, "nope.yaml")
 
 
+@pytest.fixture
+def not_policies(tmp_path, policies):
+    """A checkpoint, a JPEG, a folder holding a policy.yaml, a policy missing a layer and one with
+    a YAML syntax error: what a user passes by mistake."""
+    import torch
+    from PIL import Image
+
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "model.pt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "policy.yaml").write_text(policies[2].read_text())
+    doc = yaml.safe_load(policies[2].read_text())
+    dropped = doc["layers"].pop(2)["name"]
+    (tmp_path / "missing.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    lines = policies[2].read_text().splitlines()
+    lines[4] = lines[4] + " ["   # an unclosed bracket on line 5
+    (tmp_path / "broken.yaml").write_text("\n".join(lines) + "\n")
+    return tmp_path, dropped
+
+
+@pytest.mark.parametrize("argv, phrases", [
+    (["show", "{d}/model.pt"], ["model.pt: is binary data", "not a policy.yaml", "pass a policy.yaml"]),
+    (["show", "{d}/photo.jpg"], ["photo.jpg: is binary data"]),
+    (["compare", "{d}/run/policy.yaml", "{d}/model.pt"], ["model.pt: is binary data"]),
+    (["convert", "{d}/photo.jpg", "--to", "limpq"], ["photo.jpg: is binary data"]),
+    (["convert", "{d}/model.pt", "--to", "limpq"], ["model.pt: is binary data"]),
+    (["show", "{d}/run"], ["run: is a folder", "did you mean", "run/policy.yaml"]),
+    (["show", "{d}"], ["is a folder, not a policy.yaml"]),
+    (["show", "{d}/missing.yaml"], ["missing.yaml", "no entry for layer {dropped}"]),
+    (["show", "{d}/broken.yaml"], ["broken.yaml: YAML syntax error at line 5", "fix that line"]),
+    (["convert", "{d}/broken.yaml", "--to", "limpq"], ["broken.yaml", "as YAML: line 5"]),
+])
+def test_wrong_files_name_the_file_and_the_fix(capsys, not_policies, argv, phrases):
+    d, dropped = not_policies
+    one_error(*cli(capsys, *[a.format(d=d) for a in argv])[::2], *[p.format(dropped=dropped) for p in phrases])
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["cost", *RESNET8, "--uniform", 9, 9], "has W9A9; bit-widths must be 2..8"),
+    (["cost", *RESNET8, "--uniform", 1, 1], "has W1A1; bit-widths must be 2..8"),
+    (["cost", *RESNET8, "--w", 4, 4, 4, 4, 4, 9, "--a", 4], "has W9A4; bit-widths must be 2..8"),
+    (["cost", *RESNET8, "--uniform", 4, 4, "--fixed-bits", 9, 8], "fixed stem has W9A8"),
+    (["cost", "--arch", "resnet8", "--num-classes", 10, "--image-size", 0, "--uniform", 4, 4],
+     "--image-size: 0 is not an image size"),
+])
+def test_cost_refuses_bits_and_sizes_out_of_range(capsys, argv, phrase):
+    one_error(*cli(capsys, *argv)[::2], phrase)
+
+
+LIMPQ_W9 = "weight_bits: [9, 4, 4, 4, 4, 4]\nact_bits: [4, 4, 4, 4, 4, 4]\n"
+RECORD_W9 = "[0.1, [9, 4, 4, 4, 4, 4], [4, 4, 4, 4, 4, 4]]\n"
+
+
+@pytest.mark.parametrize("text, to", [(LIMPQ_W9, "policy"), (LIMPQ_W9, "rfquant"), (RECORD_W9, "policy"),
+                                      (RECORD_W9, "limpq")])
+def test_convert_refuses_bits_out_of_range(capsys, tmp_path, text, to):
+    (tmp_path / "in.txt").write_text(text)
+    one_error(*cli(capsys, "convert", tmp_path / "in.txt", "--to", to, *RESNET8)[::2],
+              "in.txt: layer", "has W9A4; bit-widths must be 2..8")
+
+
+def test_policy_files_with_bits_out_of_range_are_refused(capsys, policies, tmp_path):
+    doc = yaml.safe_load(policies[2].read_text())
+    doc["layers"][0]["w_bits"] = 9
+    (tmp_path / "w9.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    for argv in (["show", tmp_path / "w9.yaml"], ["convert", tmp_path / "w9.yaml", "--to", "limpq"]):
+        one_error(*cli(capsys, *argv)[::2], "w9.yaml: layer", "bit-widths must be 2..8")
+
+
 # ------------------------------------------------------------------------------ show, compare
 
 def test_show_table_and_totals(capsys, policies, cost8):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpq.config import ConfigError, validate_config
+from mpq.config import ConfigError, check_yaml_syntax, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -35,7 +35,9 @@ def test_strings_from_the_command_line_are_coerced():
     ({"policies": {"p": {"search": "uniform", "bits": [4, 4], "finetune": "nope"}}},
      "policies.p.finetune: recipe 'nope' is not defined"),
     ({"policies": {"p": {"search": "ilp", "importance": "limpq", "budget": {"bitops": "w3a3", "bitops_g": 1.0}}}},
-     "policies.p.budget"),
+     "policies.p.budget: bitops and bitops_g exclude each other; keep one of them"),
+    ({"policies": {"p": {"search": "uniform", "bits": [4, 4], "budget": {"bitops": "w3a3"}}}},
+     "policies.p: search 'uniform' ignores budget (its bits are bits: [w, a]); remove budget"),
 ])
 def test_errors_are_one_line_naming_the_key(patch, message):
     with pytest.raises(ConfigError) as err:
@@ -43,3 +45,15 @@ def test_errors_are_one_line_naming_the_key(patch, message):
     text = str(err.value)
     assert "\n" not in text and text.startswith("config error: ")
     assert message in text
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("experiment: x\npolicies:\n  u: {search: uniform, bits: [4, 4]\n  v: {search: uniform}\n")
+    with pytest.raises(ConfigError) as err:
+        check_yaml_syntax(path)
+    assert str(err.value) == (f"config error: {path}: YAML syntax error at line 4, column 3: expected ',' or '}}', "
+                              f"but got '<scalar>' (while parsing a flow mapping that starts at line 3, column 6); "
+                              f"fix that line")
+    check_yaml_syntax(REPO / "config/config.yaml")
+    check_yaml_syntax(tmp_path / "absent.yaml")   # left to Snakemake, which names it

@@ -108,7 +108,9 @@ def extract_spec():
 
 
 def search_spec(wildcards):
-    policy = POLICIES[wildcards.policy]
+    """What the search reads, no more: the policy without its `finetune` (the recipe its model is
+    then made with), so changing the recipe reruns the finetune and evaluation, not the search."""
+    policy = {k: v for k, v in POLICIES[wildcards.policy].items() if k != "finetune"}
     spec = {"policy_name": wildcards.policy, "policy": policy, "model": config["model"],
             "image_size": config["dataset"]["image_size"], "quant": config["quant"]}
     method = policy["search"]
