@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,9 @@ import torch
 from torch import nn
 
 from ..cost import CostModel
+# A phase running longer than this logs a progress line, as a long training epoch does (a step
+# scores every legal move on one batch: about 40 forwards for ResNet-20, seconds on a CPU).
+from ..train.loop import PROGRESS_EVERY_S
 
 log = logging.getLogger("mpq")
 
@@ -26,9 +28,6 @@ log = logging.getLogger("mpq")
 GREEDY_DEFAULTS = {"start_bits": 5, "min_bits": 2, "batch_size": 256, "augment": False, "max_steps": None,
                    "err_weight": 1.5, "phase1_margin": 0.95}
 _SCORING_STREAM = 3   # keeps the scoring order apart from other seeded streams
-# A phase running longer than this many seconds logs a progress line (a step scores every legal
-# move on one batch: about 40 forwards for ResNet-20, seconds per step on a CPU).
-PROGRESS_EVERY_S = float(os.environ.get("MPQ_PROGRESS_EVERY", "60"))
 
 
 @dataclass(frozen=True)
@@ -116,9 +115,10 @@ class _Search:
         while self.bitops() > target:
             if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
                 last_line = time.perf_counter()
+                done = 100.0 * (start_bitops - self.bitops()) / (start_bitops - target)
                 log.info("greedy %s phase step %d: %.6g GBitOps, target %.6g (%.1f %% of the way from the "
-                         "start), %.1f s per step", kind, steps, self.bitops() / 1e9, target / 1e9,
-                         100.0 * (start_bitops - self.bitops()) / (start_bitops - target), (last_line - started) / max(1, steps))
+                         "start), %.1f s per step", kind, steps, self.bitops() / 1e9, target / 1e9, done,
+                         (last_line - started) / max(1, steps))
             down_only = steps >= self.max_steps
             if steps == self.max_steps:
                 log.warning("greedy: %s phase reached max_steps=%d; only downward moves from now on",
