@@ -51,6 +51,9 @@ VARIANTS = {
     "per-iteration-ls0-3-epochs": {"schedule_per": "iteration", "label_smoothing": 0.0, "epochs": 3},
     "per-iteration-ls0-3-epochs-full": {"schedule_per": "iteration", "label_smoothing": 0.0, "epochs": 3,
                                         "data_fraction": 1.0},
+    "per-iteration-ls0-kd-3-epochs-full": {"schedule_per": "iteration", "label_smoothing": 0.0, "epochs": 3,
+                                           "data_fraction": 1.0,
+                                           "kd": {"enabled": True, "temperature": 2.0, "weight": 0.5}},
     "per-epoch-lsq-init": {"schedule_per": "epoch", "label_smoothing": 0.1, "range_init": "lsq"},
     "per-iteration-ls0-lsq-init": {"schedule_per": "iteration", "label_smoothing": 0.0, "range_init": "lsq"},
 }

@@ -126,6 +126,9 @@ def _check_policies(cfg: dict) -> None:
                                   f"(bitops, bitops_g, size_mb or compression_ratio)")
             if "importance" not in pol:
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} needs importance")
+            if pol["search"] == "greedy" and not {"bitops", "bitops_g"} & set(pol["budget"]):
+                raise ConfigError(f"config error: {where}.budget: search 'greedy' (RFQuant) meets a BitOps budget "
+                                  f"only (bitops: wXaY or bitops_g); use search ilp or ompq for a size budget")
             wanted = SEARCH_IMPORTANCE[pol["search"]]
             if pol["importance"] not in wanted:
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} works on importance "

@@ -217,3 +217,25 @@ def test_bad_config_type_names_the_key(tmp_path):
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0
     assert "config error: pretrain.epochs: 'many' is not of type 'integer'" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("change, phrase", [
+    ({"model": {"arch": "resnet8", "num_classes": 5}}, "set model.num_classes: 10"),
+    ({"dataset": {"name": "imagefolder", "root": "no/such/folder", "image_size": 16}}, "dataset.root"),
+    ({"device": "cuda"}, "torch sees no CUDA GPU"),
+])
+def test_a_mistake_a_stage_would_find_fails_before_any_output_is_deleted(finished_run, tmp_path, change, phrase):
+    """Snakemake deletes a job's outputs before it runs: these mistakes must stop the workflow first."""
+    import torch
+
+    if "device" in change and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    kept = {p: p.read_bytes() for p in (workdir / "results").rglob("*") if p.is_file()}
+    write_config(workdir, {**TINY, **change})
+    proc = snakemake(workdir, check=False)   # a real run, not a dry run
+    assert proc.returncode != 0
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("config error")]
+    assert len(errors) == 1 and phrase in errors[0], proc.stderr[-2000:]
+    assert {p: p.read_bytes() for p in (workdir / "results").rglob("*") if p.is_file()} == kept

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from mpq.config import ConfigError, validate_config
+from mpq.preflight import preflight
 
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 STAGES = WORKFLOW_DIR.parent / "stages"
@@ -15,6 +16,9 @@ PY = sys.executable
 
 try:
     _validated = validate_config(config, yaml.safe_load((WORKFLOW_DIR / "schemas/config.schema.yaml").read_text()))
+    # Before any job is scheduled: a mistake a stage would find costs the outputs Snakemake deletes
+    # before running it. Cluster jobs run elsewhere, so the GPU check is left to their nodes.
+    preflight(_validated, local_jobs=workflow.local_exec)
 except ConfigError as e:
     sys.exit(str(e))
 config.clear()
