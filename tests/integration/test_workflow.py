@@ -239,3 +239,22 @@ def test_a_mistake_a_stage_would_find_fails_before_any_output_is_deleted(finishe
     errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("config error")]
     assert len(errors) == 1 and phrase in errors[0], proc.stderr[-2000:]
     assert {p: p.read_bytes() for p in (workdir / "results").rglob("*") if p.is_file()} == kept
+
+
+def test_a_failed_pretrain_keeps_the_previous_model_and_its_provenance(finished_run, tmp_path):
+    """A failure only the stage sees (weights that do not load): the FP32 model and its metrics come
+    back as they were, bytes, mtime and Snakemake's record, so the next run with the old config has
+    nothing to do and one with the new config still reruns pretraining."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    (workdir / "broken.pth").write_bytes(b"not a checkpoint")
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (workdir / "results").rglob("*")
+             if p.is_file() and "logs" not in p.parts and "benchmarks" not in p.parts}
+    write_config(workdir, {**TINY, "pretrain": {"weights": "broken.pth"}})
+    proc = snakemake(workdir, check=False)
+    assert proc.returncode != 0
+    assert "kept results/tiny/pretrain/model.pt as it was before this run" in proc.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
+    assert "pretrain" in planned_jobs(workdir)
+    write_config(workdir, TINY)
+    assert planned_jobs(workdir) == {}

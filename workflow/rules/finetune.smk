@@ -8,7 +8,7 @@ rule finetune:
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        f"{RES}/policies/{{policy}}/model.pt",
+        update(f"{RES}/policies/{{policy}}/model.pt"),
     wildcard_constraints:
         policy=policies_made_by("finetune"),
     params:
@@ -33,7 +33,7 @@ rule ptq:
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        f"{RES}/policies/{{policy}}/model.pt",
+        update(f"{RES}/policies/{{policy}}/model.pt"),
     wildcard_constraints:
         policy=policies_made_by("ptq"),
     params:
@@ -58,7 +58,7 @@ rule subnet:
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
         supernet=f"{RES}/rfquant/supernet.pt",
     output:
-        f"{RES}/policies/{{policy}}/model.pt",
+        update(f"{RES}/policies/{{policy}}/model.pt"),
     wildcard_constraints:
         policy=policies_made_by("subnet"),
     params:

@@ -3,7 +3,7 @@ rule train_indicators:
         script=stage("train_indicators"),
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        f"{RES}/limpq/indicators.pt",
+        update(f"{RES}/limpq/indicators.pt"),
     params:
         spec=indicators_spec(),
     log:
@@ -46,7 +46,7 @@ rule train_supernet:
         script=stage("train_supernet"),
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        f"{RES}/rfquant/supernet.pt",
+        update(f"{RES}/rfquant/supernet.pt"),
     params:
         spec=supernet_spec(),
     log:

@@ -2,8 +2,8 @@ rule pretrain:
     input:
         script=stage("pretrain"),
     output:
-        model=f"{RES}/pretrain/model.pt",
-        metrics=f"{RES}/pretrain/metrics.json",
+        model=update(f"{RES}/pretrain/model.pt"),
+        metrics=update(f"{RES}/pretrain/metrics.json"),
     params:
         spec=pretrain_spec(),
     log:

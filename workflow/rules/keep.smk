@@ -1,0 +1,38 @@
+# Expensive outputs survive a failed run. Their rules flag them update(): Snakemake then keeps the
+# file while the job runs and copies it back when the job fails. It does not put back the file's
+# provenance, though: it records the failed job's params for the restored file (so the old model
+# would count as made by the new config) and the copy gets a new mtime (so everything downstream
+# would rerun). The hooks below snapshot the provenance and mtime of every such file before any
+# job starts and put both back after a failed run, so the old file means exactly what it meant.
+import glob
+import os
+
+KEPT_ON_FAILURE = (   # the update()-flagged outputs, as glob patterns
+    f"{RES}/pretrain/model.pt", f"{RES}/pretrain/metrics.json", f"{RES}/limpq/indicators.pt",
+    f"{RES}/rfquant/supernet.pt", f"{RES}/policies/*/model.pt",
+)
+_kept = {}
+
+
+def kept_files():
+    return sorted({p for pattern in KEPT_ON_FAILURE for p in glob.glob(pattern)})
+
+
+onstart:
+    for path in kept_files():
+        _kept[path] = (workflow.persistence._read_record(path), os.stat(path).st_mtime_ns)
+
+
+onerror:
+    # Snakemake logs each file it copied back: only those lost their provenance (a job that
+    # succeeded before the failure replaced its file and recorded it rightly).
+    text = "".join(Path(f).read_text() for f in (log if isinstance(log, list) else [log]) if f and Path(f).is_file())
+    restored = set(re.findall(r"Restored previous version of (\S+) \(updating job failed\)", text))
+    for path in sorted(restored & set(_kept)):
+        record, mtime_ns = _kept[path]
+        if record is None:
+            workflow.persistence._delete_record(path)
+        else:
+            workflow.persistence._write_record(path, record)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        print(f"kept {path} as it was before this run: its job failed", file=sys.stderr)
