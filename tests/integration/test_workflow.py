@@ -254,7 +254,12 @@ def test_a_failed_pretrain_keeps_the_previous_model_and_its_provenance(finished_
     proc = snakemake(workdir, check=False)
     assert proc.returncode != 0
     assert "kept results/tiny/pretrain/model.pt as it was before this run" in proc.stderr
+    summary = workdir / "results/tiny/summary.csv"
+    stale = workdir / "results/tiny/summary.stale.csv"
+    assert not summary.exists() and stale.read_bytes() == files.pop(summary)[0]   # no longer looks current
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
     assert "pretrain" in planned_jobs(workdir)
     write_config(workdir, TINY)
-    assert planned_jobs(workdir) == {}
+    assert planned_jobs(workdir) == {"summarize": 1, "all": 1}   # only the summary to write again
+    snakemake(workdir)
+    assert summary.exists() and not stale.exists()

@@ -18,9 +18,24 @@ def kept_files():
     return sorted({p for pattern in KEPT_ON_FAILURE for p in glob.glob(pattern)})
 
 
+SUMMARY = f"{RES}/summary.csv"
+STALE_SUMMARY = f"{RES}/summary.stale.csv"
+
+
 onstart:
     for path in kept_files():
         _kept[path] = (workflow.persistence._read_record(path), os.stat(path).st_mtime_ns)
+    # A summary about to be rebuilt describes models this run replaces: until the new one is
+    # written it is only the stale one, under a name that says so (a failed run leaves it so).
+    if os.path.exists(SUMMARY) and any(job.rule.name == "summarize" for job in workflow.dag.needrun_jobs()):
+        os.replace(SUMMARY, STALE_SUMMARY)
+        print(f"{SUMMARY} is out of date for this run: kept as {STALE_SUMMARY} until the new one is written",
+              file=sys.stderr)
+
+
+onsuccess:
+    if os.path.exists(SUMMARY) and os.path.exists(STALE_SUMMARY):
+        os.remove(STALE_SUMMARY)
 
 
 onerror:
