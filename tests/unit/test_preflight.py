@@ -129,3 +129,11 @@ def test_a_size_budget_below_the_lowest_candidates_fails_at_config_load():
 def test_greedy_with_a_size_budget_fails_at_validation():
     with pytest.raises(ConfigError, match="search 'greedy' .* BitOps budget only"):
         config(policies=budget_policy("greedy", {"size_mb": 0.03}, "rfquant"))
+
+
+def test_planning_for_another_machine_skips_only_its_checks(monkeypatch, tmp_path):
+    monkeypatch.setenv("MPQ_SKIP_MACHINE_CHECKS", "1")
+    cfg = config(dataset={"name": "imagefolder", "root": str(tmp_path / "elsewhere")}, device="cuda")
+    assert preflight(cfg) == ["MPQ_SKIP_MACHINE_CHECKS=1: data, weights, DALI and CUDA are not checked on this machine"]
+    with pytest.raises(ConfigError, match="cannot be reached"):   # the architecture is the same everywhere
+        preflight(config(quant={"candidates": [4]}, policies=budget_policy("ilp", {"bitops": "w3a3"}, "limpq")))

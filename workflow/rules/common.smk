@@ -18,7 +18,8 @@ try:
     _validated = validate_config(config, yaml.safe_load((WORKFLOW_DIR / "schemas/config.schema.yaml").read_text()))
     # Before any job is scheduled: a mistake a stage would find costs the outputs Snakemake deletes
     # before running it. Cluster jobs run elsewhere, so the GPU check is left to their nodes.
-    preflight(_validated, local_jobs=workflow.local_exec)
+    for note in preflight(_validated, local_jobs=workflow.local_exec):
+        print(note, file=sys.stderr)
 except ConfigError as e:
     sys.exit(str(e))
 config.clear()
