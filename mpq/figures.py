@@ -124,14 +124,30 @@ def _place_labels(ax, labels, xs, ys) -> None:
         placed.append(chosen[1])
 
 
-def plot_policy_bits(names, w_bits, a_bits, stem: Path, title: str) -> list[Path]:
-    """Grouped bars of weight and activation bits per searchable layer, in network order."""
+def plot_policy_bits(names, w_bits, a_bits, stem: Path, title: str, fixed_bits=None) -> list[Path]:
+    """Grouped bars of weight and activation bits per layer, in network order.
+
+    With `fixed_bits` ((stem w, a), (classifier w, a)) the stem and the classifier come first and
+    last, hatched: they are not searched, yet their bits differ between methods (W8A8 by default,
+    OMPQ's PTQ mode searches their weight bits), so a chart without them misleads.
+    """
+    names, w_bits, a_bits = list(names), list(w_bits), list(a_bits)
+    hatched = set()
+    if fixed_bits is not None:
+        (stem_w, stem_a), (cls_w, cls_a) = fixed_bits
+        names, w_bits, a_bits = ["stem (fixed)", *names, "classifier (fixed)"], [stem_w, *w_bits, cls_w], \
+            [stem_a, *a_bits, cls_a]
+        hatched = {0, len(names) - 1}
     n = len(names)
     width = max(6.0, min(0.32 * n + 2, 24.0))
     fig, ax = plt.subplots(figsize=(width, 4.2))
     xs = range(n)
-    ax.bar([i - 0.2 for i in xs], w_bits, width=0.4, label="weight bits", color="tab:blue")
-    ax.bar([i + 0.2 for i in xs], a_bits, width=0.4, label="activation bits", color="tab:orange")
+    for offset, bits, label, color in ((-0.2, w_bits, "weight bits", "tab:blue"),
+                                       (0.2, a_bits, "activation bits", "tab:orange")):
+        bars = ax.bar([i + offset for i in xs], bits, width=0.4, label=label, color=color)
+        for i in hatched:
+            bars[i].set_hatch("//")
+            bars[i].set_edgecolor("white")
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8 if n <= 30 else 6)
     top = max(list(w_bits) + list(a_bits) + [8])

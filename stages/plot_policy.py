@@ -15,7 +15,7 @@ def main():
     policy = Policy.load(args.policy)
     achieved = policy.meta.get("name", Path(args.policy).parent.name)
     plot_policy_bits(policy.names, policy.w_bits, policy.a_bits, Path(args.out_stem),
-                     f"{achieved}: bits per layer ({policy.arch})")
+                     f"{achieved}: bits per layer ({policy.arch})", fixed_bits=policy.fixed_bits)
 
 
 if __name__ == "__main__":

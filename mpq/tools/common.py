@@ -82,7 +82,7 @@ def format_table(headers: list[str], rows: list[list], right: set[int] | None = 
 
 def format_totals(summary: dict) -> str:
     return (f"BitOps {summary['bitops_g']:.4f} G (FP32 {summary['fp32_bitops_g']:.2f} G)  "
-            f"size {summary['size_mb']:.4f} MB (FP32 {summary['fp32_size_mb']:.4f} MB)  "
+            f"size {summary['size_mb']:.4f} MiB (FP32 {summary['fp32_size_mb']:.4f} MiB)  "
             f"compression {summary['compression_ratio']:.2f}x  "
             f"avg bits W {summary['avg_w_bits']:.2f} A {summary['avg_a_bits']:.2f}")
 

@@ -32,7 +32,7 @@ def format_compare(a: Policy, cost_a, b: Policy, cost_b, name_a: str, name_b: st
         f"A: {name_a}", f"B: {name_b}", body, "",
         f"{n_diff} of {len(rows)} layers differ (marked *)",
         f"A  {format_totals(ta)}", f"B  {format_totals(tb)}",
-        f"B - A: BitOps {tb['bitops_g'] - ta['bitops_g']:+.4f} G, size {tb['size_mb'] - ta['size_mb']:+.4f} MB"])
+        f"B - A: BitOps {tb['bitops_g'] - ta['bitops_g']:+.4f} G, size {tb['size_mb'] - ta['size_mb']:+.4f} MiB"])
 
 
 def run(args) -> None:
