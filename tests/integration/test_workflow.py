@@ -263,3 +263,15 @@ def test_a_failed_pretrain_keeps_the_previous_model_and_its_provenance(finished_
     assert planned_jobs(workdir) == {"summarize": 1, "all": 1}   # only the summary to write again
     snakemake(workdir)
     assert summary.exists() and not stale.exists()
+
+
+def test_a_truncated_checkpoint_input_stops_the_run_before_its_readers_lose_their_outputs(finished_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    fp32 = workdir / "results/tiny/pretrain/model.pt"
+    fp32.write_bytes(fp32.read_bytes()[:20000])   # a copy that stopped; newer than every reader's output
+    models = {p: p.read_bytes() for p in (workdir / "results/tiny/policies").rglob("model.pt")}
+    proc = snakemake(workdir, check=False)
+    assert proc.returncode != 0
+    assert "error: results/tiny/pretrain/model.pt is truncated or not a checkpoint" in proc.stdout + proc.stderr
+    assert {p: p.read_bytes() for p in models} == models

@@ -22,7 +22,20 @@ SUMMARY = f"{RES}/summary.csv"
 STALE_SUMMARY = f"{RES}/summary.stale.csv"
 
 
+def unreadable_checkpoint_inputs(jobs):
+    """Checkpoints that jobs about to run read but that are cut short (a full disk, a copy that
+    stopped): a torch checkpoint is a zip whose directory sits at its end, so this costs no loading."""
+    import zipfile
+
+    inputs = {str(f) for job in jobs for f in job.input}
+    return sorted(p for p in inputs & set(kept_files()) if p.endswith(".pt") and not zipfile.is_zipfile(p))
+
+
 onstart:
+    bad = unreadable_checkpoint_inputs(workflow.dag.needrun_jobs())
+    if bad:   # before any job runs, so no output of the jobs that read it is deleted
+        sys.exit(f"error: {bad[0]} is truncated or not a checkpoint (no zip directory at its end); delete it "
+                 f"and run again to make it anew (never --touch it)")
     for path in kept_files():
         _kept[path] = (workflow.persistence._read_record(path), os.stat(path).st_mtime_ns)
     # A summary about to be rebuilt describes models this run replaces: until the new one is
