@@ -41,11 +41,19 @@ def test_sigterm_saves_state_and_rerun_resumes_to_the_same_result(tmp_path):
     assert (killed / "model.pt.resume").is_file()
     assert not (killed / "model.pt").exists() and not (killed / "metrics.json").exists()
 
-    second = subprocess.run(pretrain_cmd(killed), capture_output=True, text=True)
-    assert second.returncode == 0, second.stderr
-    assert "resuming after epoch" in second.stderr
-    assert "pretrain epoch 1/14" not in second.stderr, "a resumed run must not start from epoch 1"
+    assert (killed / "model.pt.resume.log").is_file()   # the log so far, kept beside the resume file
+    log_path.unlink()   # as Snakemake deletes a job's log before running it again
+    second_log = killed / "log2.txt"
+    with open(second_log, "w") as log:
+        second = subprocess.run(pretrain_cmd(killed), stdout=log, stderr=subprocess.STDOUT)
+    text = second_log.read_text()
+    assert second.returncode == 0, text
+    replayed, _, resumed_lines = text.partition("--- end of the interrupted run's log; this run resumes it ---")
+    assert "pretrain epoch 1/14" in replayed and "pretrain epoch 2/14" in replayed, "the first epochs stay in the log"
+    assert "resuming after epoch" in resumed_lines
+    assert "pretrain epoch 1/14" not in resumed_lines, "a resumed run must not start from epoch 1"
     assert not (killed / "model.pt.resume").exists(), "the resume file is dropped after success"
+    assert not (killed / "model.pt.resume.log").exists()
 
     third = subprocess.run(pretrain_cmd(clean), capture_output=True, text=True)
     assert third.returncode == 0, third.stderr
