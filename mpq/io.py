@@ -65,6 +65,17 @@ def atomic_write_yaml(path, obj) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, default_flow_style=None, width=100))
 
 
+def timing_path(output) -> Path:
+    """Where a stage writes the wall times of `output` (policy.yaml -> policy.timing.json): beside
+    it, not inside it, so that identical runs write identical outputs."""
+    output = Path(output)
+    return output.with_name(output.name.split(".", 1)[0] + ".timing.json")
+
+
+def write_timing(output, **seconds) -> None:
+    atomic_write_json(timing_path(output), {k: round(float(v), 3) for k, v in seconds.items() if v is not None})
+
+
 def atomic_torch_save(path, obj) -> None:
     import io
 

@@ -6,7 +6,7 @@ from mpq.build import finetuned_model
 from mpq.cost import CostModel
 from mpq import models
 from mpq.data import make_loader
-from mpq.io import atomic_write_json
+from mpq.io import atomic_write_json, write_timing
 from mpq.report import start_comparison
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data
@@ -32,13 +32,14 @@ def main():
     cfg = spec["policy"]
     metrics = {"policy": spec["policy_name"], "search": cfg["search"], "importance": cfg.get("importance"),
                "finetune": cfg.get("finetune"), "budget": cfg.get("budget") or {"bits": cfg.get("bits")},
-               **result, **policy.cost_summary(cost), "eval_seconds": round(time.perf_counter() - t0, 3),
+               **result, **policy.cost_summary(cost),
                "w_bits": policy.w_bits, "a_bits": policy.a_bits,
                **start_comparison(ckpt.get("metrics") or {}, result["top1"])}
     if metrics.get("below_start"):
         log.warning("policy %s ended below its finetune start: top-1 %.2f at the start, %.2f at the end",
                     spec["policy_name"], metrics["start_top1"], result["top1"])
     atomic_write_json(args.out, metrics)
+    write_timing(args.out, evaluate=time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Stage: post-training quantisation of the FP32 model to a policy (AdaRound + block reconstruction)."""
 from mpq.quant.ptq import calibration_set, ptq_quantize, ptq_settings
+from mpq.io import write_timing
 from mpq.quant.ptq_model import save_ptq_model
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data, load_policy_for
@@ -19,7 +20,9 @@ def main():
     images = calibration_set(load_data(spec).train, recipe, seed)
     device = resolve_device(spec["device"])
     model, metrics = ptq_quantize(model.to(device), policy, images, recipe, seed=seed)
+    seconds = metrics.pop("seconds", None)   # a wall time: beside the model, not in it
     save_ptq_model(args.out, model, policy, config=spec, metrics=metrics, recipe=recipe)
+    write_timing(args.out, ptq=seconds)
 
 
 if __name__ == "__main__":

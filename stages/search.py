@@ -2,6 +2,7 @@
 from mpq import models
 from mpq.build import fixed_bits_of
 from mpq.cost import CostModel
+from mpq.io import write_timing
 from mpq.policy import Policy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.search.policy_search import search_policy
@@ -35,11 +36,13 @@ def main():
         target = {"requested": budget,
                   "bitops_g": None if b.total_bitops is None else round(b.total_bitops / 1e9, 6),
                   "size_mb": None if b.total_size_bits is None else round(b.total_size_bits / 8 / 2**20, 6)}
+    search_seconds = meta.pop("seconds", None)   # a wall time: beside the policy, not in it
     policy = Policy(arch, num_classes, image_size, cost.names, w, a, fixed_bits=fixed,
                     meta={"name": spec["policy_name"], "budget": target, "search": meta})
     if meta["method"] not in OWN_BIT_RANGE:   # uniform (e.g. W8A8) and OMPQ have their own bit range
         policy.check_candidates(spec["quant"]["candidates"])
     policy.save(args.out, cost)
+    write_timing(args.out, search=search_seconds)
 
 
 if __name__ == "__main__":

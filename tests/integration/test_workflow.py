@@ -1,5 +1,6 @@
 """The workflow end to end on the embedded digits dataset (tiny epochs), plus dry-run rerun rules."""
 import csv
+import json
 import re
 import shutil
 import subprocess
@@ -275,3 +276,12 @@ def test_a_truncated_checkpoint_input_stops_the_run_before_its_readers_lose_thei
     assert proc.returncode != 0
     assert "error: results/tiny/pretrain/model.pt is truncated or not a checkpoint" in proc.stdout + proc.stderr
     assert {p: p.read_bytes() for p in models} == models
+
+
+def test_wall_times_sit_beside_the_outputs_not_inside(finished_run):
+    for name in QUANTIZED:
+        folder = finished_run / "results/tiny/policies" / name
+        assert "seconds" not in (folder / "policy.yaml").read_text()
+        assert "seconds" not in (folder / "metrics.json").read_text()
+        assert set(json.loads((folder / "policy.timing.json").read_text())) == {"search"}
+        assert set(json.loads((folder / "metrics.timing.json").read_text())) == {"evaluate"}
