@@ -1,8 +1,11 @@
-"""Integer export of a finetuned model: `weights.npz` + `manifest.json` (format "mpq-export/1").
+"""Integer export of a finetuned model: `weights.npz` + `manifest.json` (format "mpq-export/2").
 
 Layout of `weights.npz` (numpy archive, every array little-endian; keys use '/' as separator):
 
-    {layer}/weight_int         int8,    the weight's shape   integer codes q
+    {layer}/weight_int         int8,    the weight's shape   integer codes q of an 8-bit layer
+    {layer}/weight_packed      uint8,   (ceil(n * b / 8),)   codes of a b < 8-bit layer, packed: the
+                                                             bitstream of u = q - qmin (b bits each,
+                                                             least significant bit first, row-major)
     {layer}/weight_scale       float32, () or (C_out,)       per-tensor or per-output-channel scale s
     {layer}/weight_zero_point  int8,    same shape as scale  zero point z (0: LSQ is symmetric)
     {layer}/weight             float32                       only for a layer kept in full precision
@@ -35,10 +38,35 @@ import numpy as np
 from ..io import atomic_write_bytes, atomic_write_json
 from .quantized import ActQuant, ExportError, LayerRecord, WeightQuant
 
-FORMAT = "mpq-export/1"
+FORMAT = "mpq-export/2"   # /2: codes of fewer than 8 bits packed (a W2 layer takes a quarter of a byte each)
 NPZ_NAME, MANIFEST_NAME = "weights.npz", "manifest.json"
 DEQUANT_RULE = "w = scale * (int - zero_point)"
 ACT_RULE = "x_q = scale * (round_half_even(clamp(x / scale, qmin, qmax)) - zero_point)"
+PACK_RULE = "bitstream of u = int - qmin, bits bits per code, least significant bit first, row-major over shape"
+
+
+def pack_codes(codes: np.ndarray, bits: int, qmin: int) -> np.ndarray:
+    """Codes in [qmin, qmin + 2^bits - 1] as a uint8 bitstream of `bits` bits per code."""
+    u = (codes.astype(np.int16).ravel() - qmin).astype(np.uint8)
+    if u.size and int(u.max()) >= 1 << bits:
+        raise ExportError(f"codes exceed {bits} bits above qmin {qmin}")
+    planes = (u[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return np.packbits(planes.ravel(), bitorder="little")
+
+
+def unpack_codes(packed: np.ndarray, bits: int, qmin: int, shape) -> np.ndarray:
+    """The int8 codes of `pack_codes`, in `shape`."""
+    n = int(np.prod(shape, dtype=np.int64))
+    planes = np.unpackbits(packed, bitorder="little")[: n * bits].reshape(n, bits)
+    u = (planes.astype(np.int16) << np.arange(bits, dtype=np.int16)).sum(axis=1)
+    return (u + qmin).astype(np.int8).reshape(tuple(shape))
+
+
+def codes_of(weight: dict, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The int8 codes of a manifest weight entry, packed or not."""
+    if "packed" in weight:
+        return unpack_codes(arrays[weight["packed"]], weight["bits"], weight["qmin"], weight["shape"])
+    return arrays[weight["int"]]
 
 
 def _weight_entry(rec: LayerRecord) -> tuple[dict, dict[str, np.ndarray]]:
@@ -48,9 +76,15 @@ def _weight_entry(rec: LayerRecord) -> tuple[dict, dict[str, np.ndarray]]:
     w = rec.weight
     entry = {"bits": w.bits, "signed": True, "qmin": w.qmin, "qmax": w.qmax,
              "granularity": "per_channel" if w.per_channel else "per_tensor", "axis": 0 if w.per_channel else None,
-             "int": p + "weight_int", "scale": p + "weight_scale", "zero_point": p + "weight_zero_point",
-             "dequantize": DEQUANT_RULE}
-    return entry, {p + "weight_int": w.codes, p + "weight_scale": w.scale, p + "weight_zero_point": w.zero_point}
+             "scale": p + "weight_scale", "zero_point": p + "weight_zero_point", "dequantize": DEQUANT_RULE}
+    arrays = {p + "weight_scale": w.scale, p + "weight_zero_point": w.zero_point}
+    if w.bits < 8:
+        entry.update({"packed": p + "weight_packed", "shape": list(w.codes.shape), "packing": PACK_RULE})
+        arrays[p + "weight_packed"] = pack_codes(w.codes, w.bits, w.qmin)
+    else:
+        entry["int"] = p + "weight_int"
+        arrays[p + "weight_int"] = w.codes
+    return entry, arrays
 
 
 def _act_entry(act: ActQuant | None) -> dict | None:
@@ -129,6 +163,6 @@ def dequantized_weights(manifest: dict, arrays: dict[str, np.ndarray]) -> dict[s
         if w["bits"] is None:
             out[layer["name"]] = arrays[w["float"]]
             continue
-        out[layer["name"]] = WeightQuant(w["bits"], arrays[w["int"]], arrays[w["scale"]],
+        out[layer["name"]] = WeightQuant(w["bits"], codes_of(w, arrays), arrays[w["scale"]],
                                          arrays[w["zero_point"]], w["qmin"], w["qmax"]).dequantize()
     return out

@@ -13,6 +13,7 @@ from mpq.cli import main
 from mpq.cost import CostModel
 from mpq.data import build_data, make_loader
 from mpq.export import dequantized_weights, onnx_session, read_export
+from mpq.export.npz import codes_of
 from mpq.policy import Policy
 from mpq.train import evaluate, save_checkpoint
 from mpq.train.fp32 import pretrain
@@ -70,9 +71,17 @@ def test_npz_round_trip_equals_fake_quantized_weights(exported):
     assert [entries[n]["act"]["bits"] for n in model.mpq_searchable] == A_BITS
     assert entries["conv1"]["act"] is None and entries["fc"]["act"]["bits"] == 8
     for entry in manifest["layers"]:
-        codes = arrays[entry["weight"]["int"]]
+        w = entry["weight"]
+        codes = codes_of(w, arrays)
         assert codes.dtype == np.int8
-        assert entry["weight"]["qmin"] <= codes.min() and codes.max() <= entry["weight"]["qmax"]
+        assert w["qmin"] <= codes.min() and codes.max() <= w["qmax"]
+        if w["bits"] < 8:   # packed: b bits per code, not a byte
+            packed = arrays[w["packed"]]
+            assert packed.dtype == np.uint8 and packed.size == -(-codes.size * w["bits"] // 8)
+        else:
+            assert arrays[w["int"]].dtype == np.int8
+    fp32_weight_bytes = 4 * sum(layer.weight.numel() for layer in layers.values())
+    assert (exported / "out/weights.npz").stat().st_size < fp32_weight_bytes / 3   # smaller than FP32, by far
     bn = [k for k in manifest["tensors"]["float_keys"] if k.endswith("running_var")]
     assert bn and all(f"float/{k}" in arrays for k in bn)
 
