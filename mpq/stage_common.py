@@ -15,6 +15,14 @@ def load_data(spec: dict):
     return data
 
 
+def preprocessing_of(data) -> dict:
+    """What a deployed model needs to see its inputs as training did, stored in its checkpoint and
+    written into exports: the normalisation, the input size and the class names in label order."""
+    return {"mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+            "image_size": int(data.image_size), "classes": [str(c) for c in data.classes] or None,
+            "rule": "x = (pixels / 255 - mean) / std per channel, RGB, NCHW"}
+
+
 def loader_args(spec: dict) -> dict:
     """batch_size / seed / workers keyword arguments for the training helpers."""
     ds = spec["dataset"]

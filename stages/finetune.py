@@ -1,7 +1,7 @@
 """Stage: quantize the FP32 model to a policy and finetune it with a recipe (QAT; epochs 0 = no training)."""
 from mpq.build import quantize_for_policy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import fp32_model_of, load_data, load_policy_for, loader_args
+from mpq.stage_common import fp32_model_of, load_data, load_policy_for, loader_args, preprocessing_of
 from mpq.train import resume, save_checkpoint
 from mpq.train.kd import KdOptions
 from mpq.train.qat import finetune
@@ -25,7 +25,7 @@ def main():
     metrics = finetune(model, data, recipe, resolve_device(spec["device"]), teacher=teacher, **loader_args(spec))
     save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
                     kind="quantized", config=spec, metrics=metrics, policy=policy.to_dict(),
-                    quant=spec["quant"], recipe=recipe)
+                    quant=spec["quant"], recipe=recipe, preprocessing=preprocessing_of(data))
     resume.finish()
 
 

@@ -3,7 +3,7 @@ from mpq.quant.ptq import calibration_set, ptq_quantize, ptq_settings
 from mpq.io import write_timing
 from mpq.quant.ptq_model import save_ptq_model
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import fp32_model_of, load_data, load_policy_for
+from mpq.stage_common import fp32_model_of, load_data, load_policy_for, preprocessing_of
 
 
 def main():
@@ -17,11 +17,13 @@ def main():
     recipe = ptq_settings(spec["recipe"])
     model = fp32_model_of(spec, args.fp32)
     seed = int(spec.get("seed", 0))
-    images = calibration_set(load_data(spec).train, recipe, seed)
+    data = load_data(spec)
+    images = calibration_set(data.train, recipe, seed)
     device = resolve_device(spec["device"])
     model, metrics = ptq_quantize(model.to(device), policy, images, recipe, seed=seed)
     seconds = metrics.pop("seconds", None)   # a wall time: beside the model, not in it
-    save_ptq_model(args.out, model, policy, config=spec, metrics=metrics, recipe=recipe)
+    save_ptq_model(args.out, model, policy, config=spec, metrics=metrics, recipe=recipe,
+                   preprocessing=preprocessing_of(data))
     write_timing(args.out, ptq=seconds)
 
 

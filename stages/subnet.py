@@ -3,7 +3,7 @@ BN on training images and write it as an ordinary quantized checkpoint (no retra
 from mpq.importance.rfquant_export import export_subnet, quant_config_for_export
 from mpq.importance.supernet import calibrate_bn, load_supernet
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
-from mpq.stage_common import load_data, load_policy_for, loader_args
+from mpq.stage_common import load_data, load_policy_for, loader_args, preprocessing_of
 from mpq.train import save_checkpoint
 
 DEFAULT_BN_IMAGES = 7000   # the reference's ~7,000 images (docs/methods/rfquant.md)
@@ -32,7 +32,7 @@ def main():
     save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
                     kind="quantized", config=spec, metrics={"epochs": 0, "bn_images": used},
                     policy=policy.to_dict(), quant=quant_config_for_export(spec["quant"]),
-                    supernet=str(args.supernet))
+                    supernet=str(args.supernet), preprocessing=preprocessing_of(data))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,13 @@ __all__ = ["ExportError", "LayerRecord", "export_checkpoint", "export_model", "q
            "NPZ_NAME", "MANIFEST_NAME", "ONNX_NAME"]
 
 
-def export_model(model, policy, out_dir, *, onnx: bool = False, int4: bool = True) -> dict:
-    """Write weights.npz + manifest.json (and model.onnx) for a finetuned LSQ model; returns paths."""
+def export_model(model, policy, out_dir, *, onnx: bool = False, int4: bool = True,
+                 preprocessing: dict | None = None) -> dict:
+    """Write weights.npz + manifest.json (and model.onnx) for a finetuned LSQ model; returns paths.
+
+    `preprocessing` (the checkpoint's: mean, std, image size, class names) goes into both files, so
+    a deployment needs nothing from this library to feed the model and name its outputs.
+    """
     model = model.cpu().eval()
     records = quant_records(model)
     out_dir = Path(out_dir)
@@ -29,11 +34,13 @@ def export_model(model, policy, out_dir, *, onnx: bool = False, int4: bool = Tru
     if onnx:   # built first: a refusal leaves nothing half-written behind
         proto = build_onnx(model, records, policy.image_size, int4=int4,
                            metadata={"arch": policy.arch, "num_classes": policy.num_classes,
-                                     "image_size": policy.image_size, "policy": policy.to_dict()})
+                                     "image_size": policy.image_size, "policy": policy.to_dict(),
+                                     "preprocessing": preprocessing})
     batchnorm = {name: {"eps": m.eps} for name, m in model.named_modules()
                  if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     write_export(out_dir, records, float_tensors(model), arch=policy.arch, num_classes=policy.num_classes,
-                 image_size=policy.image_size, policy=policy.to_dict(), batchnorm=batchnorm)
+                 image_size=policy.image_size, policy=policy.to_dict(), batchnorm=batchnorm,
+                 preprocessing=preprocessing)
     written.update(npz=out_dir / NPZ_NAME, manifest=out_dir / MANIFEST_NAME)
     if onnx:
         write_onnx(out_dir / ONNX_NAME, proto)
@@ -46,6 +53,7 @@ def export_checkpoint(path, out_dir, *, onnx: bool = False, int4: bool = True) -
     from ..build import quantized_model
     from ..train.checkpoint import load_checkpoint
 
-    refuse_checkpoint_kind(load_checkpoint(path)["kind"], path)
+    ckpt = load_checkpoint(path)
+    refuse_checkpoint_kind(ckpt["kind"], path)
     model, policy, _ = quantized_model(path)
-    return export_model(model, policy, out_dir, onnx=onnx, int4=int4)
+    return export_model(model, policy, out_dir, onnx=onnx, int4=int4, preprocessing=ckpt.get("preprocessing"))

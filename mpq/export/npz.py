@@ -113,7 +113,7 @@ def build_archive(records: list[LayerRecord], floats: dict[str, np.ndarray]) -> 
 
 def write_export(out_dir, records: list[LayerRecord], floats: dict[str, np.ndarray], *, arch: str,
                  num_classes: int, image_size: int, policy: dict | None = None,
-                 batchnorm: dict | None = None) -> dict:
+                 batchnorm: dict | None = None, preprocessing: dict | None = None) -> dict:
     """Write weights.npz then manifest.json into out_dir, each atomically; returns the manifest."""
     out_dir = Path(out_dir)
     arrays, layers = build_archive(records, floats)
@@ -124,7 +124,11 @@ def write_export(out_dir, records: list[LayerRecord], floats: dict[str, np.ndarr
         "format": FORMAT,
         "arch": arch, "num_classes": int(num_classes), "image_size": int(image_size),
         "input": {"layout": "NCHW", "dtype": "float32", "shape": [None, 3, int(image_size), int(image_size)],
-                  "quantized": False},
+                  "quantized": False,
+                  # null for checkpoints written before the stages recorded it
+                  "normalize": None if preprocessing is None else {
+                      k: preprocessing[k] for k in ("mean", "std", "rule")}},
+        "classes": None if preprocessing is None else preprocessing.get("classes"),
         "tensors": {"file": NPZ_NAME, "sha256": hashlib.sha256(data).hexdigest(),
                     "float_prefix": "float/", "float_keys": sorted(floats)},
         "rules": {"weight": DEQUANT_RULE, "act": ACT_RULE},

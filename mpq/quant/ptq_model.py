@@ -20,10 +20,10 @@ LEGACY_PLACEMENT = "input"
 
 
 def save_ptq_model(path, model: nn.Module, policy: Policy, *, config: dict, metrics: dict | None = None,
-                   recipe: dict | None = None) -> None:
+                   recipe: dict | None = None, preprocessing: dict | None = None) -> None:
     save_checkpoint(path, state_dict=model.state_dict(), arch=policy.arch, num_classes=policy.num_classes,
                     kind=KIND, config=config, metrics=metrics, policy=policy.to_dict(),
-                    ptq=ptq_settings(recipe))
+                    ptq=ptq_settings(recipe), preprocessing=preprocessing)
 
 
 def load_ptq_model(path) -> tuple[nn.Module, Policy, dict]:

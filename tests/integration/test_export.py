@@ -15,6 +15,7 @@ from mpq.data import build_data, make_loader
 from mpq.export import dequantized_weights, onnx_session, read_export
 from mpq.export.npz import codes_of
 from mpq.policy import Policy
+from mpq.stage_common import preprocessing_of
 from mpq.train import evaluate, save_checkpoint
 from mpq.train.fp32 import pretrain
 from mpq.train.qat import finetune
@@ -40,7 +41,8 @@ def make_checkpoint(path, data, recipe, *, pretrain_epochs=3):
     quantize_for_policy(model, policy, quant, recipe)
     finetune(model, data, recipe, "cpu", batch_size=128, seed=0, workers=0)
     save_checkpoint(path, state_dict=model.state_dict(), arch="resnet8", num_classes=10, kind="quantized",
-                    config={}, policy=policy.to_dict(cost), quant=quant, recipe=recipe)
+                    config={}, policy=policy.to_dict(cost), quant=quant, recipe=recipe,
+                    preprocessing=preprocessing_of(data))   # as the finetune stage writes it
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +137,14 @@ def test_n2uq_and_ptq_models_are_refused(tmp_path, data, capsys):
         main(["export", str(tmp_path / "ptq.pt"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert done.value.code == 1 and "PTQ" in err, err
+
+
+def test_the_manifest_and_onnx_say_how_to_feed_the_model_and_name_its_classes(exported, data):
+    import onnx
+
+    manifest, _ = read_export(exported / "out")
+    assert manifest["classes"] == [str(d) for d in range(10)]
+    norm = manifest["input"]["normalize"]
+    assert norm["mean"] == pytest.approx(list(data.mean)) and norm["std"] == pytest.approx(list(data.std))
+    meta = {p.key: p.value for p in onnx.load(str(exported / "out/model.onnx")).metadata_props}
+    assert json.loads(meta["mpq.preprocessing"])["classes"] == manifest["classes"]
