@@ -3,14 +3,15 @@
 How each quantized tensor is stored (also written into every node's doc_string and into the
 model's metadata_props under "mpq.layers"):
 
-- weights, 8-bit: INT8 initializer -> DequantizeLinear (per tensor, or per channel on axis 0);
-- weights, 4-bit: INT4 initializer -> DequantizeLinear (opset 21) when `int4` is on;
-- weights at any other bit-width (2, 3, 5, 6, 7; 4 with `int4` off): the fake-quantized float
-  values scale * codes as a float initializer, bit-width and scale in its doc_string;
-- activations, 8-bit: QuantizeLinear -> DequantizeLinear with a UINT8 (INT8 when signed) zero point;
-- activations, 4-bit: the same with a UINT4/INT4 zero point when `int4` is on;
-- activations at other bit-widths: Clip to [qmin * s, qmax * s], then an 8-bit QDQ pair at the
-  same scale, which rounds onto exactly the LSQ grid.
+Every tensor goes into the narrowest integer type of opset 21 that holds its codes:
+- weights of 2-4 bits: INT4 initializer -> DequantizeLinear (per tensor, or per channel on axis 0)
+  when `int4` is on (INT8 otherwise); weights of 5-8 bits: INT8 initializer -> DequantizeLinear.
+  The codes are the integers themselves, so the dequantized weight is scale * codes exactly;
+- activations of 2-4 bits: QuantizeLinear -> DequantizeLinear with a UINT4 (INT4 when signed) zero
+  point when `int4` is on, 5-8 bits the same with UINT8/INT8;
+- an activation whose range is narrower than its container (e.g. 3 bits in UINT4): Clip to
+  [qmin * s, qmax * s] first, then the QDQ pair at the same scale, which rounds onto exactly the
+  LSQ grid.
 
 Route: the model is copied with every quantized layer swapped for an export module whose quantizer
 calls are marked by custom `mpq::` nodes naming the layer (torch.onnx legacy exporter, opset 20);
@@ -33,6 +34,7 @@ from ..quant.layers import QUANT_LAYERS
 from .quantized import ExportError, LayerRecord
 
 OPSET = 21
+CONTAINER_RANGES = {"int4": (-8, 7), "uint4": (0, 15), "int8": (-128, 127), "uint8": (0, 255)}
 EXPORT_OPSET = 20           # the legacy exporter's highest; raised to OPSET after rewriting
 FORMAT = "mpq-onnx/1"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -113,20 +115,13 @@ def _storage(rec: LayerRecord, int4: bool) -> tuple[str | None, str | None]:
     w_store = a_store = None
     if rec.weight is not None:
         w = rec.weight
-        if w.bits == 8:
-            w_store = "int8"
-        elif w.bits == 4 and int4 and (w.qmin, w.qmax) == (-8, 7):
-            w_store = "int4"
-        else:
-            w_store = "float_fake_quant"
+        w_store = "int4" if int4 and -8 <= w.qmin and w.qmax <= 7 else "int8"
     if rec.act is not None:
         a = rec.act
-        full = {(8, False): (0, 255), (8, True): (-128, 127), (4, False): (0, 15), (4, True): (-8, 7)}
-        container = ("int" if a.signed else "uint") + ("4" if a.bits == 4 and int4 else "8")
-        if full.get((a.bits, a.signed)) == (a.qmin, a.qmax) and (a.bits == 8 or int4):
-            a_store = container
-        else:
-            a_store = "clip+" + ("int8" if a.signed else "uint8")
+        narrow = int4 and a.bits <= 4
+        container = ("int" if a.signed else "uint") + ("4" if narrow else "8")
+        lo, hi = CONTAINER_RANGES[container]
+        a_store = container if (a.qmin, a.qmax) == (lo, hi) else "clip+" + container
     return w_store, a_store
 
 
@@ -169,12 +164,6 @@ def _rewrite(proto, records: list[LayerRecord], int4: bool) -> list[dict]:
             w = rec.weight
             doc = (f"mpq layer={name} tensor=weight bits={w.bits} range=[{w.qmin},{w.qmax}] "
                    f"granularity={'per_channel' if w.per_channel else 'per_tensor'} storage={w_store}")
-            if w_store == "float_fake_quant":
-                fq = f"{name}.weight_fq"
-                inits.append(_tensor(fq, w.dequantize(), "float",
-                                     doc + "; values are scale * integer codes (no ONNX type for this width)"))
-                renames[out] = fq
-                continue
             inits += [_tensor(f"{name}.weight_int", w.codes, w_store, doc),
                       _tensor(f"{name}.weight_scale", w.scale, "float"),
                       _tensor(f"{name}.weight_zero_point", w.zero_point, w_store)]

@@ -93,13 +93,19 @@ def test_onnx_matches_pytorch_on_digits(exported, data):
 
     proto = onnx.load(str(exported / "out" / "model.onnx"))
     ops = Counter(n.op_type for n in proto.graph.node)
-    assert ops["QuantizeLinear"] == 7 and ops["DequantizeLinear"] >= 7 + 3   # acts + int8/int4 weights
+    assert ops["QuantizeLinear"] == 7 and ops["DequantizeLinear"] == 7 + 8   # 7 acts + every quantized weight
     assert not [n for n in proto.graph.node if n.domain == "mpq"]
     storage = {r["name"]: r for r in json.loads({p.key: p.value for p in proto.metadata_props}["mpq.layers"])}
     assert storage["layer1.0.conv2"]["weight_storage"] == "int4"
     assert storage["layer1.0.conv1"]["act_storage"] == "uint4"
-    assert storage["layer2.0.conv1"]["weight_storage"] == "float_fake_quant"
+    # the narrowest opset-21 type that holds the codes: W3/W2 in INT4, W5/W6 in INT8; A3 in UINT4
+    assert storage["layer2.0.conv1"]["weight_storage"] == "int4"
+    assert storage["layer2.0.conv2"]["weight_storage"] == "int4"
     assert storage["layer2.0.conv1"]["act_storage"] == "clip+uint8"
+    assert storage["layer2.0.conv2"]["act_storage"] == "clip+uint4"
+    kinds = {init.name: init.data_type for init in proto.graph.initializer if init.name.endswith(".weight_int")}
+    assert set(kinds.values()) <= {onnx.TensorProto.INT4, onnx.TensorProto.INT8} and len(kinds) == 8
+    assert not [i for i in proto.graph.initializer if i.name.endswith(".weight_fq")]   # no float fake-quant
 
     model, _, _ = quantized_model(exported / "model.pt")
     torch_top1 = evaluate(model, make_loader(data.test, 256, train=False), "cpu")["top1"]

@@ -78,3 +78,48 @@ def test_workflow_resolves_unset_epochs(tmp_path):
     assert with_weights["epochs"] == 0 and with_weights["weights"] == "w.pth"
     assert _dry_run_pretrain_spec(tmp_path / "b", {})["epochs"] == 30
     assert _dry_run_pretrain_spec(tmp_path / "c", {"weights": "w.pth", "epochs": 2})["epochs"] == 2
+
+
+def test_exported_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10_test_folder, shared_data, tmp_path):
+    """The published ResNet-20 at a mixed W2-W8 / A3-A8 policy (calibrated, not trained), exported
+    to ONNX (INT4/INT8 initializers) and run by onnxruntime on 2,000 JPEG test images."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from mpq import models
+    from mpq.build import quantize_for_policy
+    from mpq.cost import CostModel
+    from mpq.data import build_data, make_loader
+    from mpq.data.splits import split_holdout
+    from mpq.export import export_model, onnx_session
+    from mpq.policy import Policy
+    from mpq.stage_common import preprocessing_of
+    from mpq.train.loop import evaluate
+    from mpq.train.pretrained import import_weights
+    from mpq.train.qat import finetune
+
+    data = build_data({"name": "cifar10", "root": str(cifar10_test_folder), "image_size": 32})
+    rest, test = split_holdout(data.test, 0.2, seed=0)
+    data = replace(data, train=rest, test=test)   # calibrate on test images apart from the 2,000 scored
+    model = import_weights(models.create("resnet20", num_classes=10), str(shared_data / RELEASE))
+    names = CostModel.from_model(models.create("resnet20", num_classes=10), 32).names
+    w_bits = [(2, 3, 4, 5, 6, 8)[i % 6] for i in range(len(names))]
+    a_bits = [(3, 4, 8)[i % 3] for i in range(len(names))]
+    policy = Policy("resnet20", 10, 32, names, w_bits, a_bits)
+    recipe = {"epochs": 0, "bn_recalibration_images": 1024}
+    quantize_for_policy(model, policy, {"candidates": [8, 6, 5, 4, 3, 2]}, recipe)
+    finetune(model, data, recipe, "cpu", batch_size=128, seed=0, workers=0)
+    model.eval()
+    export_model(model, policy, tmp_path, onnx=True, preprocessing=preprocessing_of(data))
+    session = onnx_session(tmp_path / "model.onnx")
+    torch_correct = onnx_correct = total = 0
+    for x, y in make_loader(data.test, 250, train=False):
+        with torch.no_grad():
+            torch_correct += int((model(x).argmax(1) == y).sum())
+        onnx_correct += int((np.argmax(session.run(None, {"input": x.numpy()})[0], 1) == y.numpy()).sum())
+        total += len(y)
+    assert total == 2000
+    assert torch_correct / total > 0.5   # a working quantized model, not noise
+    assert abs(onnx_correct - torch_correct) <= 2, (onnx_correct, torch_correct)   # float rounding at a tie, at most
