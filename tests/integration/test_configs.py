@@ -64,8 +64,8 @@ def test_fidelity_config_runs_the_method_matrix_from_one_schedule():
     policies, recipes = config["policies"], config["finetune"]
     assert config["pretrain"]["weights"].endswith("resnet20-cifar10-published.th")
     assert {p["finetune"] for p in policies.values()} == {"lsq", "lsq-dampen", "lsq-freeze", "n2uq", "lsq-kd",
-                                                          "ptq", "none"}
-    qat = [recipes[p["finetune"]] for p in policies.values() if p["finetune"] not in ("ptq", "none")]
+                                                          "ptq", "ptq-long", "none"}
+    qat = [recipes[p["finetune"]] for p in policies.values() if p["finetune"] not in ("ptq", "ptq-long", "none")]
     schedule = {k: {(r[k] if k in r else None) for r in qat} for k in
                 ("epochs", "lr", "data_fraction", "weight_decay", "label_smoothing", "bn_recalibration_images")}
     assert all(len(values) == 1 for values in schedule.values()), schedule
@@ -79,6 +79,9 @@ def test_fidelity_config_runs_the_method_matrix_from_one_schedule():
     assert len({p["budget"]["size_mb"] for p in ompq_ptq}) == 1
     # Section 3: the W4A4 QAT row has a calibration-only W4A4 row to keep or beat.
     assert policies["uniform-w4a4-ptq"] == {**policies["uniform-w4a4"], "finetune": "ptq"}
+    assert policies["uniform-w4a4-ptq-long"] == {**policies["uniform-w4a4"], "finetune": "ptq-long"}
+    assert {k: v for k, v in recipes["ptq-long"].items() if not k.startswith("iters")} == \
+        {k: v for k, v in recipes["ptq"].items() if not k.startswith("iters")}   # only longer
     cost = CostModel.from_model(models.create("resnet20", num_classes=10), 32)
     w, a = ptq_uniform[0]["bits"]
     assert a == config["importance"]["ompq"].get("act_bits", 8)   # the same activation bits
