@@ -64,6 +64,8 @@ def _dry_run_pretrain_spec(workdir: Path, pretrain: dict) -> dict:
            "policies": {"u": {"search": "uniform", "bits": [4, 4], "finetune": "none"}}}
     (workdir / "config").mkdir(parents=True)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if pretrain.get("weights"):   # the config check wants the file to exist (a dry run reads nothing of it)
+        (workdir / pretrain["weights"]).write_bytes(b"")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
                            str(workdir), "--cores", "1", "-n", "-p", "results/w/pretrain/metrics.json"],
                           capture_output=True, text=True, timeout=120)
