@@ -24,7 +24,7 @@ def _fail(message: str) -> None:
 
 def dataset_class_count(dataset: dict) -> int:
     """The number of classes the configured data has, read from folder names, not images."""
-    from .data.folder_layout import class_names, is_image_folder, split_dirs
+    from .data.folder_layout import class_folders, is_image_folder
 
     name = dataset["name"]
     root = dataset.get("root")
@@ -36,19 +36,9 @@ def dataset_class_count(dataset: dict) -> int:
         if not root:
             _fail("dataset.root: an imagefolder dataset needs root (a folder with train/ and val/ or test/)")
         try:
-            train_dir, test_dir = split_dirs(root)
-            classes = class_names(train_dir)
-            test_classes = class_names(test_dir)
+            classes = class_folders(root)[2]
         except ValueError as e:
-            _fail(f"dataset.root: {e}; point root at a folder holding train/<class>/ and val/<class>/ "
-                  f"(or test/<class>/)")
-        if len(classes) < 2:
-            _fail(f"dataset.root: {train_dir} has one class folder ({classes[0]}/); a classifier needs at least 2")
-        if test_classes != classes:
-            only_train = sorted(set(classes) - set(test_classes))
-            only_test = sorted(set(test_classes) - set(classes))
-            _fail(f"dataset.root: class folders differ between {train_dir} and {test_dir}: only in train "
-                  f"{only_train[:5]}, only in {test_dir.name} {only_test[:5]}")
+            _fail(f"dataset.root: {e}")
         return len(classes)
     if name in ("cifar10", "cifar100") and not dataset.get("download", True) \
             and not (root and Path(root).expanduser().is_dir()):
@@ -106,6 +96,7 @@ def check_budgets(cfg: dict) -> None:
     from . import models
     from .build import fixed_bits_of
     from .cost import CostModel
+    from .search.greedy import GREEDY_DEFAULTS
 
     model_cfg = cfg["model"]
     cost = CostModel.from_model(models.create(model_cfg["arch"], num_classes=model_cfg["num_classes"]),
@@ -114,7 +105,7 @@ def check_budgets(cfg: dict) -> None:
     for name, pol in policies.items():
         low = min(cfg["quant"]["candidates"])
         if pol["search"] == "greedy":
-            low = max(low, int(cfg["search"]["greedy"].get("min_bits", 2)))
+            low = max(low, int({**GREEDY_DEFAULTS, **cfg["search"]["greedy"]}["min_bits"]))
         try:
             budget = cost.searchable_budget(pol["budget"])
         except ValueError as e:

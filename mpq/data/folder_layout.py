@@ -56,10 +56,11 @@ def scan(directory: Path) -> tuple[list[tuple[str, int]], list[str]]:
     return folder.samples, classes
 
 
-def scan_splits(root) -> tuple[list, list, list[str]]:
-    """(train samples, test samples, classes), checking both splits have the same classes."""
+def class_folders(root) -> tuple[Path, Path, list[str]]:
+    """(train_dir, test_dir, classes) from folder names alone (no image is opened), checking that
+    there are at least two classes and that both splits have the same ones."""
     train_dir, test_dir = split_dirs(root)
-    train, classes = scan(train_dir)
+    classes = class_names(train_dir)
     if len(classes) < 2:   # usually all images in one folder; would advise model.num_classes: 1
         raise ValueError(f"{train_dir} has one class folder ({classes[0]}/); a classifier needs at least 2: "
                          f"put each class's images in its own folder, {train_dir}/<class>/<image>")
@@ -69,6 +70,13 @@ def scan_splits(root) -> tuple[list, list, list[str]]:
         only_test = sorted(set(test_classes) - set(classes))
         raise ValueError(f"class folders differ between {train_dir} and {test_dir}: "
                          f"only in train {only_train}, only in {test_dir.name} {only_test}")
+    return train_dir, test_dir, classes
+
+
+def scan_splits(root) -> tuple[list, list, list[str]]:
+    """(train samples, test samples, classes), checking both splits have the same classes."""
+    train_dir, test_dir, classes = class_folders(root)
+    train, _ = scan(train_dir)
     test, _ = scan(test_dir)
     return train, test, classes
 

@@ -115,7 +115,8 @@ def _storage(rec: LayerRecord, int4: bool) -> tuple[str | None, str | None]:
     w_store = a_store = None
     if rec.weight is not None:
         w = rec.weight
-        w_store = "int4" if int4 and -8 <= w.qmin and w.qmax <= 7 else "int8"
+        lo, hi = CONTAINER_RANGES["int4"]
+        w_store = "int4" if int4 and lo <= w.qmin and w.qmax <= hi else "int8"
     if rec.act is not None:
         a = rec.act
         narrow = int4 and a.bits <= 4

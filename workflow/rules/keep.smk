@@ -2,45 +2,38 @@
 # file while the job runs and copies it back when the job fails. It does not put back the file's
 # provenance, though: it records the failed job's params for the restored file (so the old model
 # would count as made by the new config) and the copy gets a new mtime (so everything downstream
-# would rerun). The hooks below snapshot the provenance and mtime of every such file before any
-# job starts and put both back after a failed run, so the old file means exactly what it meant.
-import glob
+# would rerun). The hooks below snapshot the provenance and mtime of every such file a job of this
+# run may replace, before any job starts, and put both back after a failed run, so the old file
+# means exactly what it meant.
 import os
 
-KEPT_ON_FAILURE = (   # the update()-flagged outputs, as glob patterns
-    f"{RES}/pretrain/model.pt", f"{RES}/pretrain/metrics.json", f"{RES}/limpq/indicators.pt",
-    f"{RES}/rfquant/supernet.pt", f"{RES}/policies/*/model.pt",
-)
-_kept = {}
-
-
-def kept_files():
-    return sorted({p for pattern in KEPT_ON_FAILURE for p in glob.glob(pattern)})
-
+from snakemake.io import is_flagged
 
 SUMMARY = f"{RES}/summary.csv"
 STALE_SUMMARY = f"{RES}/summary.stale.csv"
+_kept = {}
 
 
-def unreadable_checkpoint_inputs(jobs):
+def checkpoints_cut_short(jobs):
     """Checkpoints that jobs about to run read but that are cut short (a full disk, a copy that
     stopped): a torch checkpoint is a zip whose directory sits at its end, so this costs no loading."""
     import zipfile
 
-    inputs = {str(f) for job in jobs for f in job.input}
-    return sorted(p for p in inputs & set(kept_files()) if p.endswith(".pt") and not zipfile.is_zipfile(p))
+    inputs = {str(f) for job in jobs for f in job.input if str(f).endswith(".pt") and os.path.exists(f)}
+    return sorted(p for p in inputs if not zipfile.is_zipfile(p))
 
 
 onstart:
-    bad = unreadable_checkpoint_inputs(workflow.dag.needrun_jobs())
+    jobs = list(workflow.dag.needrun_jobs())
+    bad = checkpoints_cut_short(jobs)
     if bad:   # before any job runs, so no output of the jobs that read it is deleted
         sys.exit(f"error: {bad[0]} is truncated or not a checkpoint (no zip directory at its end); delete it "
                  f"and run again to make it anew (never --touch it)")
-    for path in kept_files():
+    for path in {str(f) for job in jobs for f in job.output if is_flagged(f, "update") and os.path.exists(f)}:
         _kept[path] = (workflow.persistence._read_record(path), os.stat(path).st_mtime_ns)
     # A summary about to be rebuilt describes models this run replaces: until the new one is
     # written it is only the stale one, under a name that says so (a failed run leaves it so).
-    if os.path.exists(SUMMARY) and any(job.rule.name == "summarize" for job in workflow.dag.needrun_jobs()):
+    if os.path.exists(SUMMARY) and any(job.rule.name == "summarize" for job in jobs):
         os.replace(SUMMARY, STALE_SUMMARY)
         print(f"{SUMMARY} is out of date for this run: kept as {STALE_SUMMARY} until the new one is written",
               file=sys.stderr)
