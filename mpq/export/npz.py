@@ -1,4 +1,4 @@
-"""Integer export of a finetuned model: `weights.npz` + `manifest.json` (format "mpq-export/2").
+"""Integer export of a finetuned model: `weights.npz` + `manifest.json` (format "mpq-export/3").
 
 Layout of `weights.npz` (numpy archive, every array little-endian; keys use '/' as separator):
 
@@ -7,7 +7,7 @@ Layout of `weights.npz` (numpy archive, every array little-endian; keys use '/' 
                                                              bitstream of u = q - qmin (b bits each,
                                                              least significant bit first, row-major)
     {layer}/weight_scale       float32, () or (C_out,)       per-tensor or per-output-channel scale s
-    {layer}/weight_zero_point  int8,    same shape as scale  zero point z (0: LSQ is symmetric)
+    {layer}/weight_zero_point  int8,    same shape as scale  zero point z (0 for LSQ; PTQ's own per channel)
     {layer}/weight             float32                       only for a layer kept in full precision
     {layer}/bias               float32, (C_out,)             when the layer has a bias
     float/{state_key}          float32                       every other float tensor of the model
@@ -16,15 +16,17 @@ Layout of `weights.npz` (numpy archive, every array little-endian; keys use '/' 
 Dequantized weight: w = s * (q - z), with s broadcast along axis 0 when per channel; this equals
 the PyTorch model's fake-quantized weight exactly (float32).
 
-Activation (input) quantizer of a layer, recorded in the manifest only (scalars):
-x_q = s * (round_half_even(clamp(x / s, qmin, qmax)) - z), with z = 0, [qmin, qmax] = [0, 2^b - 1]
-when unsigned and [-2^(b-1), 2^(b-1) - 1] when signed. The stem's input (the image) is not quantized.
+Activation quantizers, recorded in the manifest only (scalars), on a layer's input (`act` of its
+entry) or on a module's output (`outputs`: PTQ's BRECQ placement, after a block's add + ReLU):
+x_q = s * (clamp(round_half_even(x / s) + z, qmin, qmax) - z), [qmin, qmax] = [0, 2^b - 1] when
+unsigned and [-2^(b-1), 2^(b-1) - 1] when signed; z = 0 for LSQ. The image is not quantized.
 
-`manifest.json` holds: format, arch, num_classes, image_size, input layout, the policy (policy.yaml
-form), the sha256 of weights.npz, and per layer (module order): name, role (stem / searchable /
-classifier), kind (conv / linear), geometry, weight {bits, qmin, qmax, granularity, axis, keys} and
-act {bits, signed, qmin, qmax, scale, zero_point} (null where not quantized); and per BatchNorm
-module its eps (its tensors are under float/). See docs/export.md.
+`manifest.json` holds: format, scheme (lsq, or ptq with BN folded), arch, num_classes, image_size,
+input layout, the policy (policy.yaml form), the sha256 of weights.npz, and per layer (module
+order): name, role (stem / searchable / classifier), kind (conv / linear), geometry, weight {bits,
+qmin, qmax, granularity, axis, keys} and act {bits, signed, qmin, qmax, scale, zero_point} (null
+where not quantized); the module-output quantizers; and per BatchNorm module its eps (its tensors
+are under float/). See docs/export.md.
 """
 from __future__ import annotations
 
@@ -36,12 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_bytes, atomic_write_json
-from .quantized import ActQuant, ExportError, LayerRecord, WeightQuant
+from .quantized import ActQuant, ExportError, LayerRecord, OutputAct, WeightQuant
 
-FORMAT = "mpq-export/2"   # /2: codes of fewer than 8 bits packed (a W2 layer takes a quarter of a byte each)
+# /2: codes of fewer than 8 bits packed (a W2 layer takes a quarter of a byte each);
+# /3: PTQ models (`scheme`, module-output quantizers under `outputs`, activation zero points)
+FORMAT = "mpq-export/3"
 NPZ_NAME, MANIFEST_NAME = "weights.npz", "manifest.json"
 DEQUANT_RULE = "w = scale * (int - zero_point)"
-ACT_RULE = "x_q = scale * (round_half_even(clamp(x / scale, qmin, qmax)) - zero_point)"
+ACT_RULE = "x_q = scale * (clamp(round_half_even(x / scale) + zero_point, qmin, qmax) - zero_point)"
 PACK_RULE = "bitstream of u = int - qmin, bits bits per code, least significant bit first, row-major over shape"
 
 
@@ -113,7 +117,8 @@ def build_archive(records: list[LayerRecord], floats: dict[str, np.ndarray]) -> 
 
 def write_export(out_dir, records: list[LayerRecord], floats: dict[str, np.ndarray], *, arch: str,
                  num_classes: int, image_size: int, policy: dict | None = None,
-                 batchnorm: dict | None = None, preprocessing: dict | None = None) -> dict:
+                 batchnorm: dict | None = None, preprocessing: dict | None = None,
+                 outputs: list[OutputAct] = (), scheme: dict | None = None) -> dict:
     """Write weights.npz then manifest.json into out_dir, each atomically; returns the manifest."""
     out_dir = Path(out_dir)
     arrays, layers = build_archive(records, floats)
@@ -122,6 +127,7 @@ def write_export(out_dir, records: list[LayerRecord], floats: dict[str, np.ndarr
     data = buf.getvalue()
     manifest = {
         "format": FORMAT,
+        "scheme": scheme or {"name": "lsq", "batchnorm_folded": False},
         "arch": arch, "num_classes": int(num_classes), "image_size": int(image_size),
         "input": {"layout": "NCHW", "dtype": "float32", "shape": [None, 3, int(image_size), int(image_size)],
                   "quantized": False,
@@ -133,6 +139,7 @@ def write_export(out_dir, records: list[LayerRecord], floats: dict[str, np.ndarr
                     "float_prefix": "float/", "float_keys": sorted(floats)},
         "rules": {"weight": DEQUANT_RULE, "act": ACT_RULE},
         "layers": layers,
+        "outputs": [{"module": o.module, "act": _act_entry(o.act)} for o in outputs],
         "batchnorm": batchnorm or {},
         "policy": policy,
     }

@@ -1,4 +1,4 @@
-"""ONNX export (opset 21) of a finetuned LSQ model with QuantizeLinear/DequantizeLinear pairs.
+"""ONNX export (opset 21) of a finetuned LSQ or PTQ model with QuantizeLinear/DequantizeLinear pairs.
 
 How each quantized tensor is stored (also written into every node's doc_string and into the
 model's metadata_props under "mpq.layers"):
@@ -10,11 +10,14 @@ Every tensor goes into the narrowest integer type of opset 21 that holds its cod
 - activations of 2-4 bits: QuantizeLinear -> DequantizeLinear with a UINT4 (INT4 when signed) zero
   point when `int4` is on, 5-8 bits the same with UINT8/INT8;
 - an activation whose range is narrower than its container (e.g. 3 bits in UINT4): Clip to
-  [qmin * s, qmax * s] first, then the QDQ pair at the same scale, which rounds onto exactly the
-  LSQ grid.
+  [(qmin - z) * s, (qmax - z) * s] first, then the QDQ pair at the same scale and zero point z,
+  which rounds onto exactly the model's grid.
+A layer's input quantizer sits in front of the layer; a PTQ module-output quantizer (BRECQ's
+placement) on the module's output, named by the quantizer's module path (`layer1.0.act_out`).
 
-Route: the model is copied with every quantized layer swapped for an export module whose quantizer
-calls are marked by custom `mpq::` nodes naming the layer (torch.onnx legacy exporter, opset 20);
+Route: the model is copied with every quantized layer (and output quantizer) swapped for an export
+module whose quantizer calls are marked by custom `mpq::` nodes naming the site (torch.onnx legacy
+exporter, opset 20);
 the marks are then rewritten into the standard nodes above and the opset raised to 21.
 """
 from __future__ import annotations
@@ -31,7 +34,8 @@ from torch import nn
 
 from ..io import atomic_write_bytes
 from ..quant.layers import QUANT_LAYERS
-from .quantized import ExportError, LayerRecord
+from ..quant.ptq_layers import OUTPUT_QUANTIZER, PTQ_LAYERS
+from .quantized import ActQuant, ExportError, LayerRecord, OutputAct
 
 OPSET = 21
 CONTAINER_RANGES = {"int4": (-8, 7), "uint4": (0, 15), "int8": (-128, 127), "uint8": (0, 255)}
@@ -63,11 +67,13 @@ class _MarkWeight(torch.autograd.Function):
 
 class _MarkAct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, qmin, qmax, layer):
-        return torch.clamp(x / scale, qmin, qmax).round() * scale
+    def forward(ctx, x, scale, zero_point, qmin, qmax, layer):
+        # clamp(round(x / s) + z, qmin, qmax) - z, written without the add (the tracer's peephole
+        # pass breaks on an add of 0 inside the marked node)
+        return torch.clamp(torch.round(x / scale), qmin - zero_point, qmax - zero_point) * scale
 
     @staticmethod
-    def symbolic(g, x, scale, qmin, qmax, layer):
+    def symbolic(g, x, scale, zero_point, qmin, qmax, layer):
         out = g.op("mpq::QuantAct", x, layer_s=layer)
         out.setType(x.type())
         return out
@@ -89,41 +95,62 @@ class _ExportLayer(nn.Module):
 
     def forward(self, x):
         if self.act is not None:
-            x = _MarkAct.apply(x, self.act.scale, self.act.qmin, self.act.qmax, self.name)
+            x = mark_act(x, self.act, self.name)
         w = _MarkWeight.apply(self.weight, self.name) if self.marked else self.weight
         if self.is_conv:
             return F.conv2d(x, w, self.bias, *self.conv_args)
         return F.linear(x, w, self.bias)
 
 
-def export_module(model: nn.Module, records: list[LayerRecord]) -> nn.Module:
-    """A copy of `model` whose quantized layers are export modules (same outputs, float32, eval)."""
+def mark_act(x, act: ActQuant, site: str):
+    return _MarkAct.apply(x, act.scale, act.zero_point, act.qmin, act.qmax, site)
+
+
+class _ExportOutputAct(nn.Module):
+    """Stands in for a PTQ module-output quantizer (the module's forward hook calls it)."""
+
+    def __init__(self, out: OutputAct):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x):
+        return mark_act(x, self.out.act, self.out.site)
+
+
+def export_module(model: nn.Module, records: list[LayerRecord], outputs: list[OutputAct] = ()) -> nn.Module:
+    """A copy of `model` whose quantized layers and output quantizers are export modules (same
+    outputs, float32, eval)."""
     clone = copy.deepcopy(model).cpu().float().eval()
     by_name = {r.name: r for r in records}
     for name, module in list(clone.named_modules()):
-        if isinstance(module, QUANT_LAYERS):
+        if isinstance(module, (*QUANT_LAYERS, *PTQ_LAYERS)):
             parent_name, _, child = name.rpartition(".")
             parent = clone.get_submodule(parent_name) if parent_name else clone
             setattr(parent, child, _ExportLayer(module, by_name[name]))
+    for out in outputs:
+        clone.get_submodule(out.module).add_module(OUTPUT_QUANTIZER, _ExportOutputAct(out))
     return clone
 
 
 # ---------------------------------------------------------------------------------- rewriting
 
+def _act_storage(a: ActQuant | None, int4: bool) -> str | None:
+    if a is None:
+        return None
+    narrow = int4 and a.bits <= 4
+    container = ("int" if a.signed else "uint") + ("4" if narrow else "8")
+    lo, hi = CONTAINER_RANGES[container]
+    return container if (a.qmin, a.qmax) == (lo, hi) else "clip+" + container
+
+
 def _storage(rec: LayerRecord, int4: bool) -> tuple[str | None, str | None]:
     """How the weight and the activation of one layer are stored (see the module docstring)."""
-    w_store = a_store = None
+    w_store = None
     if rec.weight is not None:
         w = rec.weight
         lo, hi = CONTAINER_RANGES["int4"]
         w_store = "int4" if int4 and lo <= w.qmin and w.qmax <= hi else "int8"
-    if rec.act is not None:
-        a = rec.act
-        narrow = int4 and a.bits <= 4
-        container = ("int" if a.signed else "uint") + ("4" if narrow else "8")
-        lo, hi = CONTAINER_RANGES[container]
-        a_store = container if (a.qmin, a.qmax) == (lo, hi) else "clip+" + container
-    return w_store, a_store
+    return w_store, _act_storage(rec.act, int4)
 
 
 def _tensor(name: str, array: np.ndarray, dtype: str, doc: str = ""):
@@ -145,24 +172,49 @@ def _attr(node, key: str) -> str:
     raise ExportError(f"internal: mark node {node.name} has no {key!r} attribute")
 
 
-def _rewrite(proto, records: list[LayerRecord], int4: bool) -> list[dict]:
-    """Replace the mpq:: marks with standard nodes; returns the per-layer storage table."""
+def _act_nodes(site: str, what: str, a: ActQuant, store: str, src: str, out: str) -> tuple[list, list]:
+    """(nodes, initializers) of one activation quantizer: [Clip ->] QuantizeLinear -> DequantizeLinear."""
+    from onnx import helper
+
+    doc = (f"mpq layer={site} tensor={what} bits={a.bits} signed={a.signed} range=[{a.qmin},{a.qmax}] "
+           f"zero_point={a.zero_point} storage={store}")
+    container = store.split("+")[-1]
+    inits = [_tensor(f"{site}.act_scale", np.float32(a.scale), "float"),
+             _tensor(f"{site}.act_zero_point", np.array(a.zero_point), container)]
+    nodes = []
+    if store.startswith("clip+"):
+        lo = np.float32((a.qmin - a.zero_point) * a.scale)
+        hi = np.float32((a.qmax - a.zero_point) * a.scale)
+        inits += [_tensor(f"{site}.act_clip_min", lo, "float"), _tensor(f"{site}.act_clip_max", hi, "float")]
+        nodes.append(helper.make_node("Clip", [src, f"{site}.act_clip_min", f"{site}.act_clip_max"],
+                                      [f"{site}/act_clipped"], name=f"{site}/act_clip", doc_string=doc))
+        src = f"{site}/act_clipped"
+    nodes.append(helper.make_node("QuantizeLinear", [src, f"{site}.act_scale", f"{site}.act_zero_point"],
+                                  [f"{site}/act_int"], name=f"{site}/act_quantize", doc_string=doc))
+    nodes.append(helper.make_node("DequantizeLinear", [f"{site}/act_int", f"{site}.act_scale",
+                                                       f"{site}.act_zero_point"], [out],
+                                  name=f"{site}/act_dequantize", doc_string=doc))
+    return nodes, inits
+
+
+def _rewrite(proto, records: list[LayerRecord], outputs: list[OutputAct], int4: bool) -> tuple[list, list]:
+    """Replace the mpq:: marks with standard nodes; returns the storage tables of layers and outputs."""
     from onnx import helper
 
     by_name = {r.name: r for r in records}
     storage = {r.name: _storage(r, int4) for r in records}
+    out_sites = {o.site: o for o in outputs}
+    out_storage = {o.site: _act_storage(o.act, int4) for o in outputs}
     graph = proto.graph
-    new_nodes, inits, renames = [], [], {}
+    new_nodes, inits = [], []
     for node in graph.node:
         if node.domain != "mpq":
             new_nodes.append(node)
             continue
         name = _attr(node, "layer")
-        rec = by_name[name]
         out = node.output[0]
-        w_store, a_store = storage[name]
         if node.op_type == "QuantWeight":
-            w = rec.weight
+            w, w_store = by_name[name].weight, storage[name][0]
             doc = (f"mpq layer={name} tensor=weight bits={w.bits} range=[{w.qmin},{w.qmax}] "
                    f"granularity={'per_channel' if w.per_channel else 'per_tensor'} storage={w_store}")
             inits += [_tensor(f"{name}.weight_int", w.codes, w_store, doc),
@@ -173,40 +225,27 @@ def _rewrite(proto, records: list[LayerRecord], int4: bool) -> list[dict]:
                                   name=f"{name}/weight_dequantize", doc_string=doc,
                                   **({"axis": 0} if w.per_channel else {}))
             new_nodes.append(dq)
+        elif node.op_type == "QuantAct" and name in out_sites:
+            nodes, tensors = _act_nodes(name, "output", out_sites[name].act, out_storage[name], node.input[0], out)
+            new_nodes += nodes
+            inits += tensors
         elif node.op_type == "QuantAct":
-            a = rec.act
-            doc = (f"mpq layer={name} tensor=input bits={a.bits} signed={a.signed} "
-                   f"range=[{a.qmin},{a.qmax}] storage={a_store}")
-            container = a_store.split("+")[-1]
-            inits += [_tensor(f"{name}.act_scale", np.float32(a.scale), "float"),
-                      _tensor(f"{name}.act_zero_point", np.array(a.zero_point), container)]
-            src = node.input[0]
-            if a_store.startswith("clip+"):
-                lo, hi = np.float32(a.qmin * a.scale), np.float32(a.qmax * a.scale)
-                inits += [_tensor(f"{name}.act_clip_min", lo, "float"), _tensor(f"{name}.act_clip_max", hi, "float")]
-                new_nodes.append(helper.make_node("Clip", [src, f"{name}.act_clip_min", f"{name}.act_clip_max"],
-                                                  [f"{name}/act_clipped"], name=f"{name}/act_clip", doc_string=doc))
-                src = f"{name}/act_clipped"
-            new_nodes.append(helper.make_node("QuantizeLinear", [src, f"{name}.act_scale", f"{name}.act_zero_point"],
-                                              [f"{name}/act_int"], name=f"{name}/act_quantize", doc_string=doc))
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}/act_int", f"{name}.act_scale",
-                                                                   f"{name}.act_zero_point"], [out],
-                                              name=f"{name}/act_dequantize", doc_string=doc))
+            nodes, tensors = _act_nodes(name, "input", by_name[name].act, storage[name][1], node.input[0], out)
+            new_nodes += nodes
+            inits += tensors
         else:
             raise ExportError(f"internal: unknown mark {node.op_type}")
-    for node in new_nodes:
-        for i, inp in enumerate(node.input):
-            if inp in renames:
-                node.input[i] = renames[inp]
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(inits)
     _prune(graph)
-    return [{"name": r.name, "role": r.role,
-             "w_bits": None if r.weight is None else r.weight.bits,
-             "a_bits": None if r.act is None else r.act.bits,
-             "weight_storage": storage[r.name][0] or "float", "act_storage": storage[r.name][1]}
-            for r in records]
+    layers = [{"name": r.name, "role": r.role,
+               "w_bits": None if r.weight is None else r.weight.bits,
+               "a_bits": None if r.act is None else r.act.bits,
+               "weight_storage": storage[r.name][0] or "float", "act_storage": storage[r.name][1]}
+              for r in records]
+    sites = [{"module": o.module, "a_bits": o.act.bits, "act_storage": out_storage[o.site]} for o in outputs]
+    return layers, sites
 
 
 def _prune(graph) -> None:
@@ -237,12 +276,12 @@ def _set_opset(proto, version: int) -> None:
 # ------------------------------------------------------------------------------------ export
 
 def build_onnx(model: nn.Module, records: list[LayerRecord], image_size: int, *, int4: bool = True,
-               metadata: dict | None = None):
-    """The ONNX ModelProto of a finetuned LSQ model (checked by onnx.checker)."""
+               metadata: dict | None = None, outputs: list[OutputAct] = (), scheme: str = "lsq"):
+    """The ONNX ModelProto of a finetuned LSQ or calibrated PTQ model (checked by onnx.checker)."""
     _require_onnx()
     import onnx
 
-    module = export_module(model, records)
+    module = export_module(model, records, outputs)
     dummy = torch.zeros(1, 3, image_size, image_size)
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -252,11 +291,12 @@ def build_onnx(model: nn.Module, records: list[LayerRecord], image_size: int, *,
                           custom_opsets={"mpq": 1}, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
-    layers = _rewrite(proto, records, int4)
+    layers, sites = _rewrite(proto, records, outputs, int4)
     _set_opset(proto, OPSET)
     proto.ir_version = max(proto.ir_version, 10)    # INT4 needs IR 10
-    proto.producer_name, proto.doc_string = "mpq", "mixed-precision quantized model (LSQ), QDQ form"
-    meta = {"mpq.format": FORMAT, "mpq.layers": json.dumps(layers)}
+    proto.producer_name, proto.doc_string = "mpq", f"mixed-precision quantized model ({scheme.upper()}), QDQ form"
+    meta = {"mpq.format": FORMAT, "mpq.scheme": scheme, "mpq.layers": json.dumps(layers),
+            "mpq.outputs": json.dumps(sites)}
     meta.update({f"mpq.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     for key, value in meta.items():
         entry = proto.metadata_props.add()

@@ -1,8 +1,8 @@
 """Read the integer form out of a finetuned LSQ model: codes, scales, zero points, bits per layer.
 
 Both exporters (npz + JSON, ONNX) start from these records, so they describe the same numbers.
-Only single-bit LSQ layers have an exact uniform integer form; N2UQ and PTQ models are refused
-with the reason.
+LSQ layers have an exact uniform integer form; N2UQ models (learned thresholds) are refused with
+the reason. PTQ models are read by mpq.export.ptq_records into the same records.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class WeightQuant:
     bits: int
     codes: np.ndarray          # int8, the weight's shape
     scale: np.ndarray          # float32, shape () or (C_out,)
-    zero_point: np.ndarray     # int8, same shape as scale (always 0: LSQ weights are symmetric)
+    zero_point: np.ndarray     # int8, same shape as scale (0 for LSQ; PTQ's affine grid has its own)
     qmin: int
     qmax: int
 
@@ -43,7 +43,7 @@ class WeightQuant:
 
 @dataclass
 class ActQuant:
-    """x_q = scale * (round_half_even(clamp(x / scale, qmin, qmax)) - zero_point), per tensor."""
+    """x_q = scale * (clamp(round_half_even(x / scale) + zero_point, qmin, qmax) - zero_point), per tensor."""
 
     bits: int
     scale: float
@@ -51,6 +51,19 @@ class ActQuant:
     signed: bool
     qmin: int
     qmax: int
+
+
+@dataclass
+class OutputAct:
+    """A quantizer on a module's output (PTQ's BRECQ placement: after a block's add + ReLU)."""
+
+    module: str                    # the module whose forward output is quantized
+    act: ActQuant
+
+    @property
+    def site(self) -> str:
+        """Where the quantizer lives in the model (its state keys start with this)."""
+        return f"{self.module}.act_out"
 
 
 @dataclass
@@ -65,7 +78,7 @@ class LayerRecord:
     attrs: dict                    # conv geometry (stride, padding, dilation, groups) or linear sizes
 
 
-def _np(t: torch.Tensor, dtype) -> np.ndarray:
+def to_numpy(t: torch.Tensor, dtype) -> np.ndarray:
     return t.detach().cpu().numpy().astype(dtype)
 
 
@@ -83,13 +96,13 @@ def _check_quantizer(name: str, q, what: str) -> None:
 def _weight(name: str, layer) -> tuple[WeightQuant | None, np.ndarray | None]:
     q = layer.quan_w
     if is_full_precision(q.bits):
-        return None, _np(layer.weight, np.float32)
+        return None, to_numpy(layer.weight, np.float32)
     if q.bits > 8:
         raise ExportError(f"layer {name}: {q.bits}-bit weights do not fit the int8 container")
     codes, step, qn, qp = q.integer_codes(layer.weight.detach())
     scale = step.reshape(-1) if q.per_channel else step.reshape(())
-    scale_np = _np(scale, np.float32)
-    return WeightQuant(int(q.bits), _np(codes, np.int8), scale_np, np.zeros(scale_np.shape, np.int8),
+    scale_np = to_numpy(scale, np.float32)
+    return WeightQuant(int(q.bits), to_numpy(codes, np.int8), scale_np, np.zeros(scale_np.shape, np.int8),
                        int(qn), int(qp)), None
 
 
@@ -107,7 +120,7 @@ def _act(name: str, q: LsqQuantizer | None) -> ActQuant | None:
     return ActQuant(int(q.bits), scale, 0, bool(q.signed), int(qn), int(qp))
 
 
-def _attrs(layer) -> dict:
+def layer_geometry(layer) -> dict:
     if isinstance(layer, nn.Conv2d):
         return {"in_channels": layer.in_channels, "out_channels": layer.out_channels,
                 "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
@@ -139,32 +152,30 @@ def quant_records(model: nn.Module) -> list[LayerRecord]:
         records.append(LayerRecord(
             name=name, role=role, kind="conv" if isinstance(module, nn.Conv2d) else "linear",
             weight=weight, float_weight=float_weight, act=_act(name, module.quan_a),
-            bias=None if module.bias is None else _np(module.bias, np.float32), attrs=_attrs(module)))
+            bias=None if module.bias is None else to_numpy(module.bias, np.float32), attrs=layer_geometry(module)))
     return records
 
 
-def float_tensors(model: nn.Module) -> dict[str, np.ndarray]:
+def float_tensors(model: nn.Module, records: list[LayerRecord],
+                  outputs: list[OutputAct] = ()) -> dict[str, np.ndarray]:
     """Every other floating-point parameter and buffer (BN affine and statistics, ...), by state key.
 
     Quantized layers' weights and biases and all quantizer state are left out: the records hold them.
     """
-    skip_prefixes = []
-    for name, module in model.named_modules():
-        if isinstance(module, QUANT_LAYERS):
-            skip_prefixes.append(f"{name}.")
+    skip_prefixes = [f"{r.name}." for r in records] + [f"{o.site}." for o in outputs]
     out = {}
     for key, tensor in model.state_dict().items():
         if any(key.startswith(p) for p in skip_prefixes) or not tensor.is_floating_point():
             continue
-        out[key] = _np(tensor, np.float32)
+        out[key] = to_numpy(tensor, np.float32)
     return out
 
 
+EXPORTED_KINDS = ("quantized", "ptq")
+
+
 def refuse_checkpoint_kind(ckpt_kind: str, path) -> None:
-    """PTQ checkpoints hold folded BN and affine grids with their own layers: not exported (yet)."""
-    if ckpt_kind == "ptq":
-        raise ExportError(f"{path}: holds a PTQ model (kind 'ptq'): its folded-BN affine layers are not "
-                          f"supported by the exporter; export a QAT (LSQ) 'quantized' checkpoint")
-    if ckpt_kind != "quantized":
+    """Only models a finetune rule writes (QAT/subnet 'quantized', calibration-only 'ptq') export."""
+    if ckpt_kind not in EXPORTED_KINDS:
         raise ExportError(f"{path}: holds a {ckpt_kind!r} checkpoint; export needs a finetuned "
-                          f"'quantized' checkpoint (the finetune stage's model.pt)")
+                          f"'quantized' or 'ptq' checkpoint (the finetune or ptq stage's model.pt)")

@@ -80,6 +80,9 @@ def test_fidelity_config_runs_the_method_matrix_from_one_schedule():
     # Section 3: the W4A4 QAT row has a calibration-only W4A4 row to keep or beat.
     assert policies["uniform-w4a4-ptq"] == {**policies["uniform-w4a4"], "finetune": "ptq"}
     assert policies["uniform-w4a4-ptq-long"] == {**policies["uniform-w4a4"], "finetune": "ptq-long"}
+    # C4 again with the longer reconstruction on both sides.
+    for name in ("ompq-ptq", "uniform-w3a8-ptq"):
+        assert policies[f"{name}-long"] == {**policies[name], "finetune": "ptq-long"}
     assert {k: v for k, v in recipes["ptq-long"].items() if not k.startswith("iters")} == \
         {k: v for k, v in recipes["ptq"].items() if not k.startswith("iters")}   # only longer
     cost = CostModel.from_model(models.create("resnet20", num_classes=10), 32)

@@ -130,7 +130,7 @@ def test_onnx_matches_pytorch_on_digits(exported, data):
     assert abs(onnx_top1 - torch_top1) <= 0.5
 
 
-def test_n2uq_and_ptq_models_are_refused(tmp_path, data, capsys):
+def test_n2uq_models_and_other_kinds_are_refused(tmp_path, data, capsys):
     recipe = {"epochs": 0, "lr": 0.01, "method": "n2uq"}
     make_checkpoint(tmp_path / "n2uq.pt", data, recipe, pretrain_epochs=0)
     with pytest.raises(SystemExit) as done:
@@ -138,11 +138,82 @@ def test_n2uq_and_ptq_models_are_refused(tmp_path, data, capsys):
     err = capsys.readouterr().err
     assert done.value.code == 1 and "N2UQ" in err, err
     assert not (tmp_path / "out").exists()
-    save_checkpoint(tmp_path / "ptq.pt", state_dict={}, arch="resnet8", num_classes=10, kind="ptq", config={})
+    save_checkpoint(tmp_path / "fp32.pt", state_dict={}, arch="resnet8", num_classes=10, kind="fp32", config={})
     with pytest.raises(SystemExit) as done:
-        main(["export", str(tmp_path / "ptq.pt"), "--out", str(tmp_path / "out")])
+        main(["export", str(tmp_path / "fp32.pt"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert done.value.code == 1 and "PTQ" in err, err
+    assert done.value.code == 1 and "'fp32' checkpoint" in err and "'ptq'" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def fp32_digits(data):
+    torch.manual_seed(0)
+    model = models.create("resnet8", num_classes=10)
+    pretrain(model, data, {"epochs": 3, "lr": 0.1, "weight_decay": 5e-4}, "cpu", batch_size=128, seed=0, workers=0)
+    return model
+
+
+@pytest.mark.parametrize("placement", ["output", "input"])
+def test_ptq_model_exports_exactly_and_runs_in_onnxruntime(tmp_path, data, fp32_digits, placement):
+    """A calibrated PTQ model (BN folded, per-channel affine weights with their zero points, affine
+    activations on block outputs or layer inputs), from its 'ptq' checkpoint: the npz rebuilds the
+    weights bit for bit and onnxruntime gives the PyTorch model's predictions."""
+    import onnx
+
+    from mpq.export.ptq_records import ptq_records
+    from mpq.quant.ptq import calibration_set, ptq_quantize, ptq_settings
+    from mpq.quant.ptq_model import load_ptq_model, save_ptq_model
+
+    cost = CostModel.from_model(models.create("resnet8", num_classes=10), 16)
+    policy = Policy("resnet8", 10, 16, cost.names, W_BITS, A_BITS)
+    recipe = ptq_settings({"calib_images": 256, "iters_w": 20, "iters_a": 10, "act_placement": placement})
+    model, _ = ptq_quantize(fp32_digits, policy, calibration_set(data.train, recipe, 0), recipe, seed=0)
+    save_ptq_model(tmp_path / "ptq.pt", model, policy, config={}, recipe=recipe, preprocessing=preprocessing_of(data))
+    main(["export", str(tmp_path / "ptq.pt"), "--out", str(tmp_path / "out"), "--onnx"])   # returns on success
+
+    model, _, _ = load_ptq_model(tmp_path / "ptq.pt")
+    manifest, arrays = read_export(tmp_path / "out")
+    assert manifest["scheme"] == {"name": "ptq", "batchnorm_folded": True, "weight_grid": "affine",
+                                  "act_placement": placement}
+    assert manifest["batchnorm"] == {} and not [k for k in manifest["tensors"]["float_keys"] if "running" in k]
+    layers = dict(model.named_modules())
+    weights = dequantized_weights(manifest, arrays)
+    assert len(weights) == len(W_BITS) + 2
+    for name, w in weights.items():   # w = s * (q - z) equals the model's own quantized weight exactly
+        assert np.array_equal(w, layers[name].quantized_weight().detach().numpy()), name
+    entries = {layer["name"]: layer for layer in manifest["layers"]}
+    zero_points = np.concatenate([arrays[e["weight"]["zero_point"]].ravel() for e in entries.values()])
+    assert zero_points.any(), "an affine grid has zero points of its own"
+    assert entries["layer2.0.conv2"]["weight"]["bits"] == 2 and entries["layer2.0.conv2"]["weight"]["qmin"] == -2
+    assert all(e["bias"] for e in entries.values()), "folded BN gives every conv a bias"
+    records, outputs = ptq_records(model)
+    if placement == "output":   # BRECQ: the stem's ReLU and each block output; inputs only inside blocks
+        assert [o["module"] for o in manifest["outputs"]] == ["relu", "layer1.0", "layer2.0", "layer3.0"]
+        assert [e["name"] for e in manifest["layers"] if e["act"]] == ["layer1.0.conv2", "layer2.0.conv2",
+                                                                       "layer3.0.conv2"]
+    else:
+        assert manifest["outputs"] == [] and all(e["act"] for e in manifest["layers"] if e["role"] != "stem")
+    assert all(e["act"]["signed"] is False for e in manifest["layers"] if e["act"])
+
+    proto = onnx.load(str(tmp_path / "out/model.onnx"))
+    n_acts = sum(1 for r in records if r.act) + len(outputs)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["QuantizeLinear"] == n_acts and ops["DequantizeLinear"] == n_acts + len(records)
+    assert not ops["BatchNormalization"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["mpq.scheme"] == "ptq" and len(json.loads(meta["mpq.outputs"])) == len(outputs)
+    session = onnx_session(tmp_path / "out/model.onnx")
+    agree = close = total = 0
+    for x, _ in make_loader(data.test, 256, train=False):
+        logits = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            ref = model(x).numpy()
+        agree += int((logits.argmax(1) == ref.argmax(1)).sum())
+        close += int((np.abs(logits - ref).max(1) <= 1e-4 * max(1.0, np.abs(ref).max())).sum())
+        total += len(x)
+    assert close >= 0.97 * total and agree >= 0.99 * total, (close, agree, total)
+    assert evaluate(model, make_loader(data.test, 256, train=False), "cpu")["top1"] > 30   # not vacuous
 
 
 def test_the_manifest_and_onnx_say_how_to_feed_the_model_and_name_its_classes(exported, data):

@@ -125,3 +125,52 @@ def test_exported_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10_tes
     assert total == 2000
     assert torch_correct / total > 0.5   # a working quantized model, not noise
     assert abs(onnx_correct - torch_correct) <= 2, (onnx_correct, torch_correct)   # float rounding at a tie, at most
+
+
+def test_exported_ptq_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10_test_folder, shared_data,
+                                                                       tmp_path):
+    """The published ResNet-20 calibrated by PTQ (BN folded, per-channel affine weights with zero
+    points, activation quantizers on the block outputs) at a mixed W3-W8 / A4-A8 policy, written as
+    a 'ptq' checkpoint, exported through `mpq export` and run by onnxruntime on 2,000 JPEG test images."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from mpq import models
+    from mpq.cli import main
+    from mpq.cost import CostModel
+    from mpq.data import build_data, make_loader
+    from mpq.data.splits import split_holdout
+    from mpq.export import onnx_session, read_export
+    from mpq.policy import Policy
+    from mpq.quant.ptq import calibration_set, ptq_quantize, ptq_settings
+    from mpq.quant.ptq_model import load_ptq_model, save_ptq_model
+    from mpq.stage_common import preprocessing_of
+    from mpq.train.pretrained import import_weights
+
+    data = build_data({"name": "cifar10", "root": str(cifar10_test_folder), "image_size": 32})
+    rest, test = split_holdout(data.test, 0.2, seed=0)
+    data = replace(data, train=rest, test=test)   # calibrate on test images apart from the 2,000 scored
+    fp32 = import_weights(models.create("resnet20", num_classes=10), str(shared_data / RELEASE))
+    names = CostModel.from_model(models.create("resnet20", num_classes=10), 32).names
+    policy = Policy("resnet20", 10, 32, names, [(3, 4, 5, 6, 8)[i % 5] for i in range(len(names))],
+                    [(4, 8, 6)[i % 3] for i in range(len(names))])
+    recipe = ptq_settings({"calib_images": 256, "iters_w": 40, "iters_a": 20})
+    model, _ = ptq_quantize(fp32, policy, calibration_set(data.train, recipe, 0), recipe, seed=0)
+    save_ptq_model(tmp_path / "model.pt", model, policy, config={}, recipe=recipe, preprocessing=preprocessing_of(data))
+    main(["export", str(tmp_path / "model.pt"), "--out", str(tmp_path / "out"), "--onnx"])   # returns on success
+    manifest, _ = read_export(tmp_path / "out")
+    assert manifest["scheme"]["name"] == "ptq" and manifest["scheme"]["act_placement"] == "output"
+    assert len(manifest["outputs"]) == 1 + 9   # the stem's ReLU and every block
+    model, _, _ = load_ptq_model(tmp_path / "model.pt")
+    session = onnx_session(tmp_path / "out/model.onnx")
+    torch_correct = onnx_correct = total = 0
+    for x, y in make_loader(data.test, 250, train=False):
+        with torch.no_grad():
+            torch_correct += int((model(x).argmax(1) == y).sum())
+        onnx_correct += int((np.argmax(session.run(None, {"input": x.numpy()})[0], 1) == y.numpy()).sum())
+        total += len(y)
+    assert total == 2000
+    assert torch_correct / total > 0.5   # a working quantized model, not noise
+    assert abs(onnx_correct - torch_correct) <= 2, (onnx_correct, torch_correct)   # float rounding at a tie, at most
