@@ -201,6 +201,44 @@ def test_a_failed_pretrain_keeps_the_previous_model_and_its_provenance(finished_
     assert summary.exists() and not stale.exists()
 
 
+def test_an_interrupted_run_keeps_every_output_and_leaves_nothing_to_redo(finished_run, tmp_path):
+    """Ctrl-C (SIGINT to Snakemake's process group, as a terminal sends it) while a changed pretrain
+    runs: every finished file keeps its bytes and mtime, and with the config put back nothing but
+    the summary runs again (Snakemake alone would leave the kept files marked incomplete, and
+    `rerun-incomplete` would retrain them)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tiny_workflow import SNAKEMAKE
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (workdir / "results").rglob("*")
+             if p.is_file() and "logs" not in p.parts and "benchmarks" not in p.parts}
+    summary = workdir / "results/tiny/summary.csv"
+    files.pop(summary)
+    write_config(workdir, {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 400}})
+    log = workdir / "results/tiny/logs/pretrain.log"
+    log.unlink()
+    proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "pretrain epoch 2/400" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "pretraining never got to epoch 2"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "interrupted by SIGINT" in log.read_text(), out[-3000:]
+    assert "kept results/tiny/pretrain/model.pt as it was before this run: its job was interrupted" in out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
+    assert (workdir / "results/tiny/summary.stale.csv").is_file() and not summary.exists()
+    write_config(workdir, TINY)
+    assert planned_jobs(workdir) == {"summarize": 1, "all": 1}   # only the summary to write again
+
+
 def test_a_truncated_checkpoint_input_stops_the_run_before_its_readers_lose_their_outputs(finished_run, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(finished_run, workdir, symlinks=True)

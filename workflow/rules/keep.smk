@@ -4,7 +4,10 @@
 # would count as made by the new config) and the copy gets a new mtime (so everything downstream
 # would rerun). The hooks below snapshot the provenance and mtime of every such file a job of this
 # run may replace, before any job starts, and put both back after a failed run, so the old file
-# means exactly what it meant.
+# means exactly what it meant. An interrupted run (Ctrl-C, SIGTERM) is not restored by Snakemake
+# at all: the file was never replaced (the stages write atomically) but stays marked incomplete,
+# so the next run would redo the job even with the config put back; the marker is lifted from
+# every such file that is still exactly the one snapshotted.
 import os
 
 from snakemake.io import is_flagged
@@ -30,7 +33,8 @@ onstart:
         sys.exit(f"error: {bad[0]} is truncated or not a checkpoint (no zip directory at its end); delete it "
                  f"and run again to make it anew (never --touch it)")
     for path in {str(f) for job in jobs for f in job.output if is_flagged(f, "update") and os.path.exists(f)}:
-        _kept[path] = (workflow.persistence._read_record(path), os.stat(path).st_mtime_ns)
+        stat = os.stat(path)
+        _kept[path] = (workflow.persistence._read_record(path), stat.st_mtime_ns, stat.st_size)
     # A summary about to be rebuilt describes models this run replaces: until the new one is
     # written it is only the stale one, under a name that says so (a failed run leaves it so).
     if os.path.exists(SUMMARY) and any(job.rule.name == "summarize" for job in jobs):
@@ -50,10 +54,15 @@ onerror:
     text = "".join(Path(f).read_text() for f in (log if isinstance(log, list) else [log]) if f and Path(f).is_file())
     restored = set(re.findall(r"Restored previous version of (\S+) \(updating job failed\)", text))
     for path in sorted(restored & set(_kept)):
-        record, mtime_ns = _kept[path]
+        record, mtime_ns, _ = _kept[path]
         if record is None:
             workflow.persistence._delete_record(path)
         else:
             workflow.persistence._write_record(path, record)
         os.utime(path, ns=(mtime_ns, mtime_ns))
         print(f"kept {path} as it was before this run: its job failed", file=sys.stderr)
+    untouched = [p for p, (_, mtime_ns, size) in _kept.items() if p not in restored and os.path.exists(p)
+                 and (os.stat(p).st_mtime_ns, os.stat(p).st_size) == (mtime_ns, size)]
+    for path in sorted(workflow.persistence._filter_incomplete_keys(untouched)):
+        workflow.persistence._unmark_incomplete(path)
+        print(f"kept {path} as it was before this run: its job was interrupted", file=sys.stderr)
