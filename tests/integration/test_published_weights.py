@@ -171,6 +171,7 @@ def test_exported_ptq_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10
             torch_correct += int((model(x).argmax(1) == y).sum())
         onnx_correct += int((np.argmax(session.run(None, {"input": x.numpy()})[0], 1) == y.numpy()).sum())
         total += len(y)
+    print(f"PTQ ResNet-20 on {total} images: PyTorch {torch_correct}, onnxruntime {onnx_correct} correct")
     assert total == 2000
     assert torch_correct / total > 0.5   # a working quantized model, not noise
     assert abs(onnx_correct - torch_correct) <= 2, (onnx_correct, torch_correct)   # float rounding at a tie, at most
