@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .npz import MANIFEST_NAME, NPZ_NAME, dequantized_weights, read_export, write_export
+from .npz import LSQ_SCHEME, MANIFEST_NAME, NPZ_NAME, dequantized_weights, read_export, write_export
 from .onnx_export import build_onnx, onnx_session, write_onnx
 from .ptq_records import ptq_records
 from .quantized import ExportError, LayerRecord, OutputAct, float_tensors, quant_records, refuse_checkpoint_kind
@@ -32,8 +32,7 @@ def export_model(model, policy, out_dir, *, onnx: bool = False, int4: bool = Tru
     """
     model = model.cpu().eval()
     if ptq is None:
-        records, outputs = quant_records(model), []
-        scheme = {"name": "lsq", "batchnorm_folded": False}
+        records, outputs, scheme = quant_records(model), [], LSQ_SCHEME
     else:
         records, outputs = ptq_records(model)
         scheme = {"name": "ptq", "batchnorm_folded": True, "weight_grid": ptq.get("weight_grid", "affine"),

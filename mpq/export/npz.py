@@ -43,6 +43,7 @@ from .quantized import ActQuant, ExportError, LayerRecord, OutputAct, WeightQuan
 # /2: codes of fewer than 8 bits packed (a W2 layer takes a quarter of a byte each);
 # /3: PTQ models (`scheme`, module-output quantizers under `outputs`, activation zero points)
 FORMAT = "mpq-export/3"
+LSQ_SCHEME = {"name": "lsq", "batchnorm_folded": False}
 NPZ_NAME, MANIFEST_NAME = "weights.npz", "manifest.json"
 DEQUANT_RULE = "w = scale * (int - zero_point)"
 ACT_RULE = "x_q = scale * (clamp(round_half_even(x / scale) + zero_point, qmin, qmax) - zero_point)"
@@ -127,7 +128,7 @@ def write_export(out_dir, records: list[LayerRecord], floats: dict[str, np.ndarr
     data = buf.getvalue()
     manifest = {
         "format": FORMAT,
-        "scheme": scheme or {"name": "lsq", "batchnorm_folded": False},
+        "scheme": scheme or LSQ_SCHEME,
         "arch": arch, "num_classes": int(num_classes), "image_size": int(image_size),
         "input": {"layout": "NCHW", "dtype": "float32", "shape": [None, 3, int(image_size), int(image_size)],
                   "quantized": False,

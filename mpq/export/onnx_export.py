@@ -225,12 +225,10 @@ def _rewrite(proto, records: list[LayerRecord], outputs: list[OutputAct], int4: 
                                   name=f"{name}/weight_dequantize", doc_string=doc,
                                   **({"axis": 0} if w.per_channel else {}))
             new_nodes.append(dq)
-        elif node.op_type == "QuantAct" and name in out_sites:
-            nodes, tensors = _act_nodes(name, "output", out_sites[name].act, out_storage[name], node.input[0], out)
-            new_nodes += nodes
-            inits += tensors
-        elif node.op_type == "QuantAct":
-            nodes, tensors = _act_nodes(name, "input", by_name[name].act, storage[name][1], node.input[0], out)
+        elif node.op_type == "QuantAct":   # a module's output, or a layer's input
+            what, act, store = (("output", out_sites[name].act, out_storage[name]) if name in out_sites
+                                else ("input", by_name[name].act, storage[name][1]))
+            nodes, tensors = _act_nodes(name, what, act, store, node.input[0], out)
             new_nodes += nodes
             inits += tensors
         else:

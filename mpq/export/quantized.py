@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..quant.layers import QUANT_LAYERS
+from ..quant.ptq_layers import OUTPUT_QUANTIZER
 from ..quant.lsq import LsqQuantizer, is_full_precision
 
 
@@ -63,7 +64,7 @@ class OutputAct:
     @property
     def site(self) -> str:
         """Where the quantizer lives in the model (its state keys start with this)."""
-        return f"{self.module}.act_out"
+        return f"{self.module}.{OUTPUT_QUANTIZER}"
 
 
 @dataclass

@@ -82,18 +82,31 @@ def test_workflow_resolves_unset_epochs(tmp_path):
     assert _dry_run_pretrain_spec(tmp_path / "c", {"weights": "w.pth", "epochs": 2})["epochs"] == 2
 
 
+def correct_in_both(model, session, dataset) -> tuple[int, int, int]:
+    """(images PyTorch gets right, images onnxruntime gets right, images) over `dataset`."""
+    import numpy as np
+    import torch
+
+    from mpq.data import make_loader
+
+    torch_correct = onnx_correct = total = 0
+    for x, y in make_loader(dataset, 250, train=False):
+        with torch.no_grad():
+            torch_correct += int((model(x).argmax(1) == y).sum())
+        onnx_correct += int((np.argmax(session.run(None, {"input": x.numpy()})[0], 1) == y.numpy()).sum())
+        total += len(y)
+    return torch_correct, onnx_correct, total
+
+
 def test_exported_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10_test_folder, shared_data, tmp_path):
     """The published ResNet-20 at a mixed W2-W8 / A3-A8 policy (calibrated, not trained), exported
     to ONNX (INT4/INT8 initializers) and run by onnxruntime on 2,000 JPEG test images."""
     from dataclasses import replace
 
-    import numpy as np
-    import torch
-
     from mpq import models
     from mpq.build import quantize_for_policy
     from mpq.cost import CostModel
-    from mpq.data import build_data, make_loader
+    from mpq.data import build_data
     from mpq.data.splits import split_holdout
     from mpq.export import export_model, onnx_session
     from mpq.policy import Policy
@@ -116,12 +129,7 @@ def test_exported_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10_tes
     model.eval()
     export_model(model, policy, tmp_path, onnx=True, preprocessing=preprocessing_of(data))
     session = onnx_session(tmp_path / "model.onnx")
-    torch_correct = onnx_correct = total = 0
-    for x, y in make_loader(data.test, 250, train=False):
-        with torch.no_grad():
-            torch_correct += int((model(x).argmax(1) == y).sum())
-        onnx_correct += int((np.argmax(session.run(None, {"input": x.numpy()})[0], 1) == y.numpy()).sum())
-        total += len(y)
+    torch_correct, onnx_correct, total = correct_in_both(model, session, data.test)
     assert total == 2000
     assert torch_correct / total > 0.5   # a working quantized model, not noise
     assert abs(onnx_correct - torch_correct) <= 2, (onnx_correct, torch_correct)   # float rounding at a tie, at most
@@ -134,13 +142,10 @@ def test_exported_ptq_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10
     a 'ptq' checkpoint, exported through `mpq export` and run by onnxruntime on 2,000 JPEG test images."""
     from dataclasses import replace
 
-    import numpy as np
-    import torch
-
     from mpq import models
     from mpq.cli import main
     from mpq.cost import CostModel
-    from mpq.data import build_data, make_loader
+    from mpq.data import build_data
     from mpq.data.splits import split_holdout
     from mpq.export import onnx_session, read_export
     from mpq.policy import Policy
@@ -165,12 +170,7 @@ def test_exported_ptq_resnet20_runs_in_onnxruntime_with_the_pytorch_top1(cifar10
     assert len(manifest["outputs"]) == 1 + 9   # the stem's ReLU and every block
     model, _, _ = load_ptq_model(tmp_path / "model.pt")
     session = onnx_session(tmp_path / "out/model.onnx")
-    torch_correct = onnx_correct = total = 0
-    for x, y in make_loader(data.test, 250, train=False):
-        with torch.no_grad():
-            torch_correct += int((model(x).argmax(1) == y).sum())
-        onnx_correct += int((np.argmax(session.run(None, {"input": x.numpy()})[0], 1) == y.numpy()).sum())
-        total += len(y)
+    torch_correct, onnx_correct, total = correct_in_both(model, session, data.test)
     print(f"PTQ ResNet-20 on {total} images: PyTorch {torch_correct}, onnxruntime {onnx_correct} correct")
     assert total == 2000
     assert torch_correct / total > 0.5   # a working quantized model, not noise

@@ -17,6 +17,12 @@ STALE_SUMMARY = f"{RES}/summary.stale.csv"
 _kept = {}
 
 
+def _stamp(path):
+    """What says a file is still the one snapshotted (the stages replace files by renaming)."""
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
 def checkpoints_cut_short(jobs):
     """Checkpoints that jobs about to run read but that are cut short (a full disk, a copy that
     stopped): a torch checkpoint is a zip whose directory sits at its end, so this costs no loading."""
@@ -33,8 +39,7 @@ onstart:
         sys.exit(f"error: {bad[0]} is truncated or not a checkpoint (no zip directory at its end); delete it "
                  f"and run again to make it anew (never --touch it)")
     for path in {str(f) for job in jobs for f in job.output if is_flagged(f, "update") and os.path.exists(f)}:
-        stat = os.stat(path)
-        _kept[path] = (workflow.persistence._read_record(path), stat.st_mtime_ns, stat.st_size)
+        _kept[path] = (workflow.persistence._read_record(path), _stamp(path))
     # A summary about to be rebuilt describes models this run replaces: until the new one is
     # written it is only the stale one, under a name that says so (a failed run leaves it so).
     if os.path.exists(SUMMARY) and any(job.rule.name == "summarize" for job in jobs):
@@ -54,15 +59,15 @@ onerror:
     text = "".join(Path(f).read_text() for f in (log if isinstance(log, list) else [log]) if f and Path(f).is_file())
     restored = set(re.findall(r"Restored previous version of (\S+) \(updating job failed\)", text))
     for path in sorted(restored & set(_kept)):
-        record, mtime_ns, _ = _kept[path]
+        record, (mtime_ns, _) = _kept[path]
         if record is None:
             workflow.persistence._delete_record(path)
         else:
             workflow.persistence._write_record(path, record)
         os.utime(path, ns=(mtime_ns, mtime_ns))
         print(f"kept {path} as it was before this run: its job failed", file=sys.stderr)
-    untouched = [p for p, (_, mtime_ns, size) in _kept.items() if p not in restored and os.path.exists(p)
-                 and (os.stat(p).st_mtime_ns, os.stat(p).st_size) == (mtime_ns, size)]
+    untouched = [p for p, (_, stamp) in _kept.items()
+                 if p not in restored and os.path.exists(p) and _stamp(p) == stamp]
     for path in sorted(workflow.persistence._filter_incomplete_keys(untouched)):
         workflow.persistence._unmark_incomplete(path)
         print(f"kept {path} as it was before this run: its job was interrupted", file=sys.stderr)
