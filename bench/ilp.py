@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import mpq.models  # noqa: E402
 from mpq.cost import CostModel  # noqa: E402
-from mpq.importance.pickle_io import read_importance  # noqa: E402
+from mpq.importance_file import read_importance  # noqa: E402
 from mpq.search.ilp import solve_ilp  # noqa: E402
 from mpq.search.pulp_milp import highs_available  # noqa: E402
 

@@ -2,7 +2,7 @@
 the exact bf16 code-domain layers.
 
 Each model runs its variants side by side in one process: fp32, lsq-ref (clamp -> round-STE ->
-*s with the grad-scale trick, plain autograd), lsq-fused (mpq.quant.lsq's one-pass Function),
+*s with the grad-scale trick, plain autograd), lsq-fused (mpq.quant.lsq_kernels' one-pass Function),
 both fake-quantizing, and lsq-codes (fused codes, conv on the integer codes under bf16 autocast,
 scales applied to the fp32 result: mpq.quant.layers). Where the shape runs without autocast
 (--quick), fused-bf16 (fake quantization under the same bf16 autocast) is added, so that
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 import mpq.models  # noqa: E402
 from mpq.quant import LsqQuantizer, convert_model, set_uniform_bits  # noqa: E402
 from mpq.quant.layers import QUANT_LAYERS  # noqa: E402
-from mpq.train.qat import init_act_steps  # noqa: E402
+from mpq.quant.range_init import init_act_steps  # noqa: E402
 
 # name: (arch, image size, batch, channels_last, bf16 autocast), full size / --quick
 SHAPES = {

@@ -23,13 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mpq import models  # noqa: E402
-from mpq.importance.ema import EmaModel  # noqa: E402
-from mpq.importance.limpq import sampler_for_step  # noqa: E402
-from mpq.importance.rfquant import (SupernetUpdate, rfquant_config, supernet_optimizers,  # noqa: E402
-                                    supernet_step)
-from mpq.importance.rfquant_losses import IdmTap  # noqa: E402
-from mpq.importance.supernet import build_supernet, init_supernet_act_steps  # noqa: E402
+from mpq.data.seeding import sampler_for_step  # noqa: E402
 from mpq.quant import set_uniform_bits  # noqa: E402
+from mpq.rfquant.ema import EmaModel  # noqa: E402
+from mpq.rfquant.losses import IdmTap  # noqa: E402
+from mpq.rfquant.supernet import build_supernet, init_supernet_act_steps  # noqa: E402
+from mpq.rfquant.training import (SupernetUpdate, rfquant_config, supernet_optimizers,  # noqa: E402
+                                  supernet_step)
 
 CANDIDATES = [6, 5, 4, 3, 2]
 

@@ -4,22 +4,31 @@ from __future__ import annotations
 from torch import nn
 
 from . import models
+from .checkpoint import load_checkpoint, load_state, model_from_checkpoint, register_loader
 from .policy import Policy
 from .quant import convert_model, set_policy_bits
 from .models.rprelu import add_rprelu
 from .quant.convert import lsq_options, use_fc_scale_trick
 from .quant.n2uq import use_n2uq_quantizers
 from .quant.oscillation import OscillationOptions, track_oscillations
-from .quant.ptq_model import load_ptq_model
-from .train.checkpoint import load_checkpoint, load_state
+from .quant.ptq_model import KIND as PTQ_KIND   # importing it registers the 'ptq' loader
+from .errors import InputError
+
+FINETUNED_KINDS = ("quantized", PTQ_KIND)   # what a finetune rule writes: QAT/subnet, calibration-only
+
+
+@register_loader("fp32")
+def fp32_model_from(ckpt: dict, source: str) -> nn.Module:
+    """The float model of a loaded 'fp32' checkpoint."""
+    model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
+    load_state(model, ckpt["state_dict"], source)
+    return model
 
 
 def fp32_model(path, arch: str, num_classes: int) -> tuple[nn.Module, dict]:
     """The pretrained float model, checked against the configured arch and class count."""
     ckpt = load_checkpoint(path, kind="fp32", arch=arch, num_classes=num_classes)
-    model = models.create(arch, num_classes=num_classes)
-    load_state(model, ckpt["state_dict"], str(path))
-    return model, ckpt
+    return fp32_model_from(ckpt, str(path)), ckpt
 
 
 def fixed_bits_of(quant_cfg: dict) -> tuple:
@@ -57,10 +66,10 @@ def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recip
     if method == "none":   # no training: LSQ quantizers at their initial steps, BN re-estimated
         method = "lsq"
     if method not in METHODS:
-        raise ValueError(f"finetune method {method!r} is unknown; use one of {', '.join(METHODS)}")
+        raise InputError(f"finetune method {method!r} is unknown; use one of {', '.join(METHODS)}")
     oscillation = OscillationOptions.from_recipe(recipe)
     if method == "n2uq" and oscillation.mode != "none":
-        raise ValueError("oscillation dampening/freezing acts on LSQ weights; it does not apply to "
+        raise InputError("oscillation dampening/freezing acts on LSQ weights; it does not apply to "
                          "method n2uq (set oscillation: none)")
     rprelu_init = rprelu_init_of(recipe, method)
     if rprelu_init is not None:     # structure first: a finetuned state dict has the RPReLU keys
@@ -81,19 +90,25 @@ def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recip
     return model
 
 
+@register_loader("quantized")
+def quantized_model_from(ckpt: dict, source: str, quant_cfg: dict | None = None) -> nn.Module:
+    """The model of a loaded 'quantized' checkpoint, rebuilt as its recipe built it."""
+    policy = Policy.from_dict(ckpt["policy"], source=source)
+    model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
+    quantize_for_policy(model, policy, quant_cfg or ckpt.get("quant", {}), ckpt.get("recipe"))
+    load_state(model, ckpt["state_dict"], source)
+    return model
+
+
 def quantized_model(path, quant_cfg: dict | None = None) -> tuple[nn.Module, Policy, dict]:
     """A finetuned quantized model with the policy it was trained for, rebuilt as its recipe built it."""
     ckpt = load_checkpoint(path, kind="quantized")
-    policy = Policy.from_dict(ckpt["policy"], source=str(path))
-    model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
-    quantize_for_policy(model, policy, quant_cfg or ckpt.get("quant", {}), ckpt.get("recipe"))
-    load_state(model, ckpt["state_dict"], str(path))
-    return model, policy, ckpt
+    model = quantized_model_from(ckpt, str(path), quant_cfg)
+    return model, Policy.from_dict(ckpt["policy"], source=str(path)), ckpt
 
 
 def finetuned_model(path) -> tuple[nn.Module, Policy, dict]:
-    """Any model a finetune rule writes: QAT/subnet ('quantized') or calibration-only ('ptq')."""
-    kind = load_checkpoint(path, kind=("quantized", "ptq"))["kind"]
-    if kind == "ptq":
-        return load_ptq_model(path)
-    return quantized_model(path)
+    """Any model a finetune rule writes (FINETUNED_KINDS), rebuilt by the loader of its kind."""
+    ckpt = load_checkpoint(path, kind=FINETUNED_KINDS)
+    model = model_from_checkpoint(ckpt, path)
+    return model, Policy.from_dict(ckpt["policy"], source=str(path)), ckpt

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .tools import COMMANDS
+from .errors import InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
         except OSError as e:   # unwritable output, full disk: still one line
             if isinstance(e, FileNotFoundError):
                 raise
-            raise RuntimeError(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+            raise InputError(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
 
     run_stage(command)
 

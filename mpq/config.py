@@ -12,9 +12,11 @@ from pathlib import Path
 import jsonschema
 
 from .io import read_yaml
+from .registry import SEARCH_METHODS
+from .errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that does not match the schema; the message is one line naming the key."""
 
 
@@ -60,10 +62,19 @@ def _apply_defaults_and_coerce(node, schema: dict, root: dict):
             for key in node:
                 if key not in props:
                     node[key] = _apply_defaults_and_coerce(node[key], extra, root)
+        for rule in schema.get("allOf", ()):   # defaults that depend on another key: if / then / else
+            if "if" in rule:
+                branch = rule.get("then" if _matches(node, rule["if"]) else "else")
+                if branch:
+                    node = _apply_defaults_and_coerce(node, {"type": "object", **branch}, root)
         return node
     if isinstance(node, list) and isinstance(schema.get("items"), dict):
         return [_apply_defaults_and_coerce(v, schema["items"], root) for v in node]
     return _coerce(node, schema)
+
+
+def _matches(node, schema: dict) -> bool:
+    return jsonschema.Draft202012Validator(schema).is_valid(node)
 
 
 def _one_line(error: jsonschema.ValidationError) -> str:
@@ -94,6 +105,33 @@ def check_yaml_syntax(path) -> None:
             raise ConfigError(f"config error: {e}") from None
 
 
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
+
+
+def load_schema() -> dict:
+    return read_yaml(SCHEMA_PATH, "the config schema")
+
+
+def _section(schema: dict, path: str) -> dict:
+    node = schema
+    for part in path.split("."):
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    return node
+
+
+def section_keys(path: str) -> set[str]:
+    """The keys the schema allows in the config section at `path`."""
+    return set(_section(load_schema(), path)["properties"])
+
+
+def section_defaults(path: str, given: dict | None = None) -> dict:
+    """`given` with the schema's defaults of the config section at `path` filled in, e.g.
+    section_defaults("importance.rfquant"), section_defaults("finetune.*", {"method": "ptq"}):
+    the one place the library and its tests take defaults from (`*` is any name)."""
+    schema = load_schema()
+    return _apply_defaults_and_coerce(copy.deepcopy(given or {}), _section(schema, path), schema)
+
+
 def validate_config(config: dict, schema: dict) -> dict:
     """Return a validated copy of `config` with defaults filled in; raise ConfigError otherwise."""
     cfg = _apply_defaults_and_coerce(copy.deepcopy(config), schema, schema)
@@ -106,8 +144,6 @@ def validate_config(config: dict, schema: dict) -> dict:
     return cfg
 
 
-# Which importance each search method reads: LIMPQ indicators, the RFQuant supernet, OMPQ theta.
-SEARCH_IMPORTANCE = {"ilp": ("limpq",), "greedy": ("rfquant",), "ompq": ("ompq",)}
 
 
 def _check_policies(cfg: dict) -> None:
@@ -129,7 +165,7 @@ def _check_policies(cfg: dict) -> None:
             if pol["search"] == "greedy" and not {"bitops", "bitops_g"} & set(pol["budget"]):
                 raise ConfigError(f"config error: {where}.budget: search 'greedy' (RFQuant) meets a BitOps budget "
                                   f"only (bitops: wXaY or bitops_g); use search ilp or ompq for a size budget")
-            wanted = SEARCH_IMPORTANCE[pol["search"]]
+            wanted = SEARCH_METHODS[pol["search"]].importance
             if pol["importance"] not in wanted:
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} works on importance "
                                   f"{' or '.join(wanted)}, not {pol['importance']!r}")

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from .errors import InputError
 
 MIB_BITS = 8 * 2**20
 GIGA = 10**9
@@ -51,7 +52,7 @@ class LayerCost:
 def _limpq_float_area(conv: nn.Conv2d, in_hw: tuple[int, int]) -> int:
     """LIMPQ's output area: true division per side, product, then truncation (accounting.md 7)."""
     if isinstance(conv.padding, str):
-        raise ValueError(f"float_hw_quirk needs numeric padding, {conv} has {conv.padding!r}")
+        raise InputError(f"float_hw_quirk needs numeric padding, {conv} has {conv.padding!r}")
     sides = [
         (in_hw[i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1)
         / conv.stride[i] + 1
@@ -140,7 +141,7 @@ def parse_wxay(text: str) -> tuple[int, int]:
     """'w3a4' -> (3, 4)."""
     match = re.fullmatch(r"\s*[wW](\d+)[aA](\d+)\s*", text) if isinstance(text, str) else None
     if match is None or int(match[1]) < 1 or int(match[2]) < 1:
-        raise ValueError(
+        raise InputError(
             f"malformed bit spec {text!r}; write it as 'wXaY' with X, Y >= 1, e.g. 'w3a4'")
     return int(match[1]), int(match[2])
 
@@ -148,28 +149,28 @@ def parse_wxay(text: str) -> tuple[int, int]:
 def _positive_fraction(key: str, value) -> Fraction:
     """Exact value of a positive config number; via its decimal text, so 0.1 means 1/10."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise ValueError(f"budget {key}={value!r} must be a positive number")
+        raise InputError(f"budget {key}={value!r} must be a positive number")
     try:
         exact = Fraction(Decimal(str(value)))
     except (InvalidOperation, ValueError, OverflowError):
-        raise ValueError(f"budget {key}={value!r} must be a positive finite number") from None
+        raise InputError(f"budget {key}={value!r} must be a positive finite number") from None
     if exact <= 0:
-        raise ValueError(f"budget {key}={value!r} must be positive")
+        raise InputError(f"budget {key}={value!r} must be positive")
     return exact
 
 
 def _check_budget_keys(budget: dict) -> None:
     if not isinstance(budget, dict) or not budget:
-        raise ValueError(
+        raise InputError(
             "budget is empty; give one of bitops ('wXaY'), bitops_g, size_mb, compression_ratio")
     unknown = sorted(set(budget) - set(BITOPS_KEYS) - set(SIZE_KEYS))
     if unknown:
-        raise ValueError(f"unknown budget key(s) {unknown}; use bitops ('wXaY') or bitops_g, "
+        raise InputError(f"unknown budget key(s) {unknown}; use bitops ('wXaY') or bitops_g, "
                          "and/or size_mb or compression_ratio")
     for group in (BITOPS_KEYS, SIZE_KEYS):
         given = [key for key in group if key in budget]
         if len(given) > 1:
-            raise ValueError(f"budget gives both {given[0]} and {given[1]}; keep only one of them")
+            raise InputError(f"budget gives both {given[0]} and {given[1]}; keep only one of them")
 
 
 # ------------------------------------------------------------------------------------ cost model
@@ -183,7 +184,7 @@ def _bits(value) -> int:
     except TypeError:
         bits = 0
     if isinstance(value, bool) or bits < 1:
-        raise ValueError(f"bit-width must be a positive int or None, got {value!r}")
+        raise InputError(f"bit-width must be a positive int or None, got {value!r}")
     return bits
 
 
@@ -217,7 +218,7 @@ class CostModel:
         convs = [i for i, layer in enumerate(layers) if layer.kind == "conv"]
         linears = [i for i, layer in enumerate(layers) if layer.kind == "linear"]
         if not convs or not linears:
-            raise ValueError(
+            raise InputError(
                 "a cost model needs at least one Conv2d (stem) and one Linear (classifier)")
         stem_index, classifier_index = convs[0], linears[-1]
         searchable = tuple(
@@ -263,7 +264,7 @@ class CostModel:
     # ------------------------------------------------------------------------------ policies
     def _check_length(self, bits: Sequence, what: str) -> list[int]:
         if len(bits) != len(self.searchable):
-            raise ValueError(f"{what} has {len(bits)} entries, the model has "
+            raise InputError(f"{what} has {len(bits)} entries, the model has "
                              f"{len(self.searchable)} searchable layers")
         return [_bits(b) for b in bits]
 
@@ -335,7 +336,7 @@ class CostModel:
         bitops = total_bitops = size = total_size = None
         if "bitops" in budget:
             if not isinstance(budget["bitops"], str):
-                raise ValueError(f"budget bitops={budget['bitops']!r} must be a 'wXaY' string; "
+                raise InputError(f"budget bitops={budget['bitops']!r} must be a 'wXaY' string; "
                                  "for an absolute target in G use bitops_g")
             x, y = parse_wxay(budget["bitops"])
             bitops = x * y * sum(self.macs)
@@ -343,7 +344,7 @@ class CostModel:
             target = math.floor(_positive_fraction("bitops_g", budget["bitops_g"]) * GIGA)
             bitops = target - self.fixed_bitops
             if bitops <= 0:
-                raise ValueError(
+                raise InputError(
                     f"budget bitops_g={budget['bitops_g']} is below the fixed layers' own cost "
                     f"{self.fixed_bitops / GIGA:.4f} G ({self._fixed_label()}); raise it")
         if bitops is not None:
@@ -358,10 +359,10 @@ class CostModel:
         if size is not None:
             total_size = size + self.fixed_size_bits
         if total_bitops is not None and total_bitops > self.fp32_bitops:
-            raise ValueError(f"budget {_budget_text(budget)} asks for {total_bitops / GIGA:.4f} G BitOps, above the "
+            raise InputError(f"budget {_budget_text(budget)} asks for {total_bitops / GIGA:.4f} G BitOps, above the "
                              f"FP32 model's {self.fp32_bitops / GIGA:.4f} G; lower it")
         if total_size is not None and total_size > self.fp32_size_bits:
-            raise ValueError(f"budget {_budget_text(budget)} asks for {total_size / MIB_BITS:.4f} MiB, above the "
+            raise InputError(f"budget {_budget_text(budget)} asks for {total_size / MIB_BITS:.4f} MiB, above the "
                              f"FP32 model's {self.fp32_size_mib:.4f} MiB; lower it")
         return SearchBudget(bitops, size, total_bitops, total_size)
 
@@ -369,7 +370,7 @@ class CostModel:
         size = target_bits - self.fixed_size_bits
         if size <= 0:
             fixed_mib = self.fixed_size_bits / MIB_BITS
-            raise ValueError(
+            raise InputError(
                 f"budget {key}={value} leaves no room: the fixed layers alone take "
                 f"{fixed_mib:.4f} MiB ({self._fixed_label()}); "
                 + ("raise it" if key == "size_mb" else "lower it"))

@@ -15,6 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
+from .errors import MachineError
 
 log = logging.getLogger("mpq")
 
@@ -38,7 +39,7 @@ def init(device: torch.device | str | None = None) -> torch.device | None:
     if env_world_size() <= 1 or is_initialized():
         return _local_device(device) if is_initialized() else device
     if not dist.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
+        raise MachineError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
     cuda = device is not None and device.type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

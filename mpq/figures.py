@@ -44,20 +44,20 @@ def _style(method: str, seen: dict):
     return seen[base]
 
 
-def _save(fig, stem: Path) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig, outputs) -> list[Path]:
+    """Write the figure to each path, in the format its suffix names (.png, .svg), atomically."""
     outs = []
-    for ext in ("png", "svg"):
-        path = stem.with_suffix(f".{ext}")
+    for path in map(Path, outputs):
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
         tmp.replace(path)
         outs.append(path)
     plt.close(fig)
     return outs
 
 
-def plot_front(summary: pd.DataFrame, x: str, xlabel: str, stem: Path, title: str) -> list[Path]:
+def plot_front(summary: pd.DataFrame, x: str, xlabel: str, outputs, title: str) -> list[Path]:
     """Top-1 against a cost column; the Pareto front of the quantized policies is drawn as a line.
 
     FP32 is far to the right on a linear axis, so it is drawn as a horizontal reference line.
@@ -84,7 +84,7 @@ def plot_front(summary: pd.DataFrame, x: str, xlabel: str, stem: Path, title: st
     ax.set_title(title, fontsize=12)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=9, loc="best", framealpha=0.9)
-    return _save(fig, stem)
+    return _save(fig, outputs)
 
 
 # Candidate label offsets in points: right, left, above, below, then further out.
@@ -124,7 +124,7 @@ def _place_labels(ax, labels, xs, ys) -> None:
         placed.append(chosen[1])
 
 
-def plot_policy_bits(names, w_bits, a_bits, stem: Path, title: str, fixed_bits=None) -> list[Path]:
+def plot_policy_bits(names, w_bits, a_bits, outputs, title: str, fixed_bits=None) -> list[Path]:
     """Grouped bars of weight and activation bits per layer, in network order.
 
     With `fixed_bits` ((stem w, a), (classifier w, a)) the stem and the classifier come first and
@@ -157,4 +157,4 @@ def plot_policy_bits(names, w_bits, a_bits, stem: Path, title: str, fixed_bits=N
     ax.set_title(title, fontsize=12)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=9, ncols=2, loc="upper right")
-    return _save(fig, stem)
+    return _save(fig, outputs)

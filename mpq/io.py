@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from .errors import InputError
 
 
 def _umask() -> int:
@@ -97,14 +98,14 @@ def read_text_input(path, what: str, usual_name: str | None = None) -> str:
     if path.is_dir():
         inside = path / usual_name if usual_name else None
         hint = f"did you mean {inside}?" if inside and inside.is_file() else f"give {what} itself"
-        raise ValueError(f"{path}: is a folder, not {what}; {hint}")
+        raise InputError(f"{path}: is a folder, not {what}; {hint}")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is None or "\0" in text[:8192]:
-        raise ValueError(f"{path}: is binary data (a checkpoint or an image?), not {what}; pass {what} instead")
+        raise InputError(f"{path}: is binary data (a checkpoint or an image?), not {what}; pass {what} instead")
     return text
 
 
@@ -132,7 +133,7 @@ def read_yaml(path, what: str, usual_name: str | None = None):
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: YAML syntax error at {yaml_error_where(e)}; fix that line") from None
+        raise InputError(f"{path}: YAML syntax error at {yaml_error_where(e)}; fix that line") from None
 
 
 def sha256_file(path) -> str:

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .io import atomic_write_yaml, read_yaml
-from .quant.lsq import bit_range_text, is_full_precision, supported_bits
+from .quant.base import bit_range_text, is_full_precision, supported_bits
+from .errors import InputError
 
 FORMAT = "mpq-policy/1"
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError):
     """A policy that does not fit the model or the candidates."""
 
 

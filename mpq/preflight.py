@@ -24,14 +24,12 @@ def _fail(message: str) -> None:
 
 def dataset_class_count(dataset: dict) -> int:
     """The number of classes the configured data has, read from folder names, not images."""
-    from .data.folder_layout import class_folders, is_image_folder
+    from .data.imagefolder import class_folders, is_image_folder
 
     name = dataset["name"]
     root = dataset.get("root")
     if name == "synthetic":
-        from .data.synthetic import DEFAULTS
-
-        return int(dataset.get("num_classes", DEFAULTS["num_classes"]))
+        return int(dataset["num_classes"])
     if name == "imagefolder" or (name in ("cifar10", "cifar100") and root and is_image_folder(root)):
         if not root:
             _fail("dataset.root: an imagefolder dataset needs root (a folder with train/ and val/ or test/)")
@@ -96,7 +94,6 @@ def check_budgets(cfg: dict) -> None:
     from . import models
     from .build import fixed_bits_of
     from .cost import CostModel
-    from .search.greedy import GREEDY_DEFAULTS
 
     model_cfg = cfg["model"]
     cost = CostModel.from_model(models.create(model_cfg["arch"], num_classes=model_cfg["num_classes"]),
@@ -105,7 +102,7 @@ def check_budgets(cfg: dict) -> None:
     for name, pol in policies.items():
         low = min(cfg["quant"]["candidates"])
         if pol["search"] == "greedy":
-            low = max(low, int({**GREEDY_DEFAULTS, **cfg["search"]["greedy"]}["min_bits"]))
+            low = max(low, int(cfg["search"]["greedy"]["min_bits"]))
         try:
             budget = cost.searchable_budget(pol["budget"])
         except ValueError as e:

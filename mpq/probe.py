@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from .errors import InputError
 
 BN_MODES = ("eval", "train")
 _RUNNING = ("running_mean", "running_var", "num_batches_tracked")
@@ -10,7 +11,7 @@ _RUNNING = ("running_mean", "running_var", "num_batches_tracked")
 
 def check_bn_mode(bn_mode: str) -> str:
     if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode {bn_mode!r} is unknown; use 'eval' or 'train'")
+        raise InputError(f"bn_mode {bn_mode!r} is unknown; use 'eval' or 'train'")
     return bn_mode
 
 

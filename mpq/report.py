@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .registry import IMPORTANCE_RULES
+
 COLUMNS = ["policy", "search", "importance", "finetune", "budget", "bitops_g", "size_mb", "compression_ratio",
            "avg_w_bits", "avg_a_bits", "top1", "start_top1", "below_start", "top5", "loss", "time_pretrain_s",
            "time_importance_s", "time_search_s", "time_finetune_s", "time_evaluate_s"]
-IMPORTANCE_RULES = {"limpq": ("train_indicators", "extract_importance"), "rfquant": ("train_supernet",),
-                    "ompq": ("ompq_importance",)}
 
 
 def _budget_text(budget) -> str:
@@ -36,7 +36,7 @@ def below_start_policies(table: pd.DataFrame) -> list[str]:
 
 
 def read_benchmarks(paths) -> dict:
-    """{(rule, policy or None): seconds} from Snakemake `benchmark:` files laid out as
+    """{(rule, policy or None): seconds} from the stages' timing files (benchmark TSVs) laid out as
     benchmarks/<rule>.tsv or benchmarks/<rule>/<policy>.tsv."""
     times = {}
     for p in map(Path, paths):

@@ -1,4 +1,5 @@
-"""What every stage CLI needs: its spec, logging, seeding, device choice, one-line errors."""
+"""What every stage CLI needs: its spec, logging, seeding, device choice, one-line errors for the
+project's own error types (mpq/errors.py) and tracebacks for everything else."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,14 @@ import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import MpqError
+from .errors import InputError
 
 log = logging.getLogger("mpq")
 _TIMING: tuple[str, float] | None = None
@@ -83,6 +88,11 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def run_stage(main) -> None:
     """Run a stage's main(); expected problems end as one 'error:' line and exit code 1.
 
@@ -103,11 +113,15 @@ def run_stage(main) -> None:
         kept = f"; the last completed epoch is saved in {where.path}, rerun to continue" if where else ""
         print(f"error: interrupted by {e}{kept}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as e:
+    except MpqError as e:
         if os.environ.get("MPQ_TRACEBACK"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:   # a defect: its traceback goes to the rule's log, then one summary line
+        traceback.print_exc()
+        print(f"error: unexpected {type(e).__name__}: {first_line(e)} (a defect, not a problem with the "
+              f"input: the traceback above says where; please report it)", file=sys.stderr)
         sys.exit(1)
     finally:
         distributed.shutdown()
@@ -127,8 +141,8 @@ def stage_parser(doc: str, needs: str, optional: str = ""):
     ap.set_defaults(spec_needs=tuple(k.strip() for k in needs.split(",")))
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     ap.add_argument("--timing-out", default=None,
-                    help="write the stage's wall time here (benchmark TSV) for rules that cannot use "
-                         "Snakemake's benchmark: because they are cached between workflows")
+                    help="write the stage's wall time here (a benchmark TSV with column s): a declared "
+                         "output, so the summary names it as an input and cached rules keep it")
     return ap
 
 
@@ -140,7 +154,7 @@ def begin_stage(args) -> dict:
     spec = parse_spec(args.spec)
     missing = [k for k in getattr(args, "spec_needs", ()) if k not in spec]
     if missing:
-        raise ValueError(f"--spec has no {', '.join(repr(k) for k in missing)}; give every key this stage "
+        raise InputError(f"--spec has no {', '.join(repr(k) for k in missing)}; give every key this stage "
                          f"needs: {', '.join(args.spec_needs)}")
     set_threads(args.threads)
     seed_everything(int(spec.get("seed", 0)))

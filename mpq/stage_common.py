@@ -2,6 +2,9 @@
 model and the policy, each checked against the config."""
 from __future__ import annotations
 
+from .registry import SEARCH_METHODS
+from .errors import InputError
+
 
 def load_data(spec: dict):
     """Build the configured dataset and check it against model.num_classes."""
@@ -10,7 +13,7 @@ def load_data(spec: dict):
     data = build_data(spec["dataset"])
     model_cfg = spec["model"]
     if model_cfg["num_classes"] != data.num_classes:
-        raise ValueError(f"model.num_classes is {model_cfg['num_classes']} but the dataset has "
+        raise InputError(f"model.num_classes is {model_cfg['num_classes']} but the dataset has "
                          f"{data.num_classes} classes; set model.num_classes: {data.num_classes}")
     return data
 
@@ -26,11 +29,8 @@ def preprocessing_of(data) -> dict:
 def loader_args(spec: dict) -> dict:
     """batch_size / seed / workers keyword arguments for the training helpers."""
     ds = spec["dataset"]
-    return {"batch_size": int(ds["batch_size"]), "seed": int(spec.get("seed", 0)),
-            "workers": int(ds.get("workers", 0))}
-
-
-OWN_BIT_RANGE = ("uniform", "ompq")
+    return {"batch_size": int(ds["batch_size"]), "seed": int(spec["seed"]),
+            "workers": int(ds["workers"])}
 
 
 def fp32_model_of(spec: dict, path):
@@ -52,10 +52,10 @@ def load_policy_for(path, spec: dict):
     policy = Policy.load(path)
     arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
     if (policy.arch, policy.num_classes) != (arch, num_classes):
-        raise ValueError(f"{path}: policy is for {policy.arch}/{policy.num_classes} classes but the "
+        raise InputError(f"{path}: policy is for {policy.arch}/{policy.num_classes} classes but the "
                          f"model is {arch}/{num_classes}; search again for this model")
     policy.check_model(split_layers(models.create(arch, num_classes=num_classes))[1], source=str(path))
     method = (policy.meta.get("search") or {}).get("method")
-    if method not in OWN_BIT_RANGE and "quant" in spec:
+    if not (method in SEARCH_METHODS and SEARCH_METHODS[method].own_bit_range) and "quant" in spec:
         policy.check_candidates(spec["quant"]["candidates"], source=str(path))
     return policy

@@ -26,7 +26,7 @@ def main():
     device = resolve_device(spec["device"])
     t0 = time.perf_counter()
     result = evaluate(model.to(device), make_loader(data.test, spec["dataset"]["batch_size"], train=False,
-                                                    workers=spec["dataset"].get("workers", 0)), device)
+                                                    workers=spec["dataset"]["workers"]), device)
     cost = CostModel.from_model(models.create(policy.arch, num_classes=policy.num_classes), policy.image_size,
                                 fixed_bits=policy.fixed_bits)
     cfg = spec["policy"]

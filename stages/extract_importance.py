@@ -1,12 +1,12 @@
 """Stage: read the learned LIMPQ steps from indicators.pt and write importance.pkl (+ .json sidecar)."""
 from mpq import models
-from mpq.build import fixed_bits_of, load_state
-from mpq.importance.limpq import build_indicator_model, extract_indicators
-from mpq.quant.convert import lsq_options
-from mpq.importance.pickle_io import write_importance
+from mpq.build import fixed_bits_of
+from mpq.checkpoint import load_checkpoint, load_state
+from mpq.importance_file import write_importance
 from mpq.io import atomic_write_json, sha256_file
+from mpq.limpq.indicators import build_indicator_model, extract_indicators
+from mpq.quant.convert import lsq_options
 from mpq.runtime import begin_stage, run_stage, stage_parser
-from mpq.train import load_checkpoint
 
 
 def main():

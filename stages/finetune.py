@@ -1,8 +1,9 @@
 """Stage: quantize the FP32 model to a policy and finetune it with a recipe (QAT; epochs 0 = no training)."""
 from mpq.build import quantize_for_policy
+from mpq.checkpoint import save_checkpoint
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data, load_policy_for, loader_args, preprocessing_of
-from mpq.train import resume, save_checkpoint
+from mpq.train import resume
 from mpq.train.kd import KdOptions
 from mpq.train.qat import finetune
 

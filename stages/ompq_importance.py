@@ -2,7 +2,7 @@
 import logging
 
 from mpq.data.calibration import calibration_images
-from mpq.importance.ompq import compute_ompq_importance, write_ompq_importance
+from mpq.ompq.orthogonality import compute_ompq_importance, write_ompq_importance
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data
 
@@ -16,13 +16,13 @@ def main():
     args = ap.parse_args()
     spec = begin_stage(args)
     model = fp32_model_of(spec, args.fp32)
-    cfg = spec.get("ompq", {})
+    cfg = spec["ompq"]
     data = load_data(spec)
-    images = calibration_images(data.train, int(cfg.get("samples", 32)), int(spec.get("seed", 0)),
-                                augment=bool(cfg.get("augment", False)))
+    images = calibration_images(data.train, int(cfg["samples"]), int(spec["seed"]),
+                                augment=bool(cfg["augment"]))
     device = resolve_device(spec["device"])
     importance = compute_ompq_importance(model.to(device), images.to(device), mode="ptq",
-                                         bn_mode=cfg.get("bn_mode", "train"))
+                                         bn_mode=cfg["bn_mode"])
     write_ompq_importance(args.out, importance)
     log.info("ompq: %d units from %d images; gamma %s", len(importance.units), importance.samples,
              " ".join(f"{g:.3f}" for g in importance.gamma))

@@ -1,11 +1,12 @@
 """Stage: train the FP32 model, or import published weights (pretrain.weights) and finetune them
 for pretrain.epochs (0: evaluate only). Writes model.pt (checkpoint) and metrics.json."""
 from mpq import models
+from mpq.checkpoint import save_checkpoint
 from mpq.cost import CostModel
 from mpq.io import atomic_write_json
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data, loader_args
-from mpq.train import resume, save_checkpoint
+from mpq.train import resume
 from mpq.train.fp32 import pretrain
 from mpq.train.pretrained import start_from_weights
 

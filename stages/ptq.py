@@ -16,7 +16,7 @@ def main():
     policy = load_policy_for(args.policy, spec)
     recipe = ptq_settings(spec["recipe"])
     model = fp32_model_of(spec, args.fp32)
-    seed = int(spec.get("seed", 0))
+    seed = int(spec["seed"])
     data = load_data(spec)
     images = calibration_set(data.train, recipe, seed)
     device = resolve_device(spec["device"])

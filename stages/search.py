@@ -6,7 +6,8 @@ from mpq.io import write_timing
 from mpq.policy import Policy
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.search.policy_search import search_policy
-from mpq.stage_common import OWN_BIT_RANGE, load_data
+from mpq.registry import SEARCH_METHODS
+from mpq.stage_common import load_data
 
 
 def main():
@@ -20,11 +21,11 @@ def main():
     fixed = fixed_bits_of(spec["quant"])
     cost = CostModel.from_model(models.create(arch, num_classes=num_classes), image_size, fixed_bits=fixed)
     data, device = None, "cpu"
-    if spec["policy"]["search"] == "greedy":   # scores subnets on training images
+    if SEARCH_METHODS[spec["policy"]["search"]].needs_data:   # RFQuant scores subnets on training images
         data, device = load_data(spec), resolve_device(spec["device"])
     w, a, meta = search_policy(spec["policy"], cost, spec["quant"]["candidates"],
                                importance_path=args.importance, settings=spec.get("search"),
-                               data=data, device=device, seed=int(spec.get("seed", 0)))
+                               data=data, device=device, seed=spec.get("seed"))
     if "fixed_bits" in meta:   # OMPQ 'ptq' mode searches the stem's and classifier's weight bits too
         fixed = tuple(tuple(int(b) for b in pair) for pair in meta.pop("fixed_bits"))
         if fixed != cost.fixed_bits:
@@ -39,7 +40,7 @@ def main():
     search_seconds = meta.pop("seconds", None)   # a wall time: beside the policy, not in it
     policy = Policy(arch, num_classes, image_size, cost.names, w, a, fixed_bits=fixed,
                     meta={"name": spec["policy_name"], "budget": target, "search": meta})
-    if meta["method"] not in OWN_BIT_RANGE:   # uniform (e.g. W8A8) and OMPQ have their own bit range
+    if not SEARCH_METHODS[meta["method"]].own_bit_range:   # uniform (e.g. W8A8) and OMPQ have their own
         policy.check_candidates(spec["quant"]["candidates"])
     policy.save(args.out, cost)
     write_timing(args.out, search=search_seconds)

@@ -1,12 +1,11 @@
 """Stage: finetune recipe 'none' for RFQuant: take the policy's subnet from the supernet, calibrate
 BN on training images and write it as an ordinary quantized checkpoint (no retraining)."""
-from mpq.importance.rfquant_export import export_subnet, quant_config_for_export
-from mpq.importance.supernet import calibrate_bn, load_supernet
+from mpq.checkpoint import save_checkpoint
+from mpq.rfquant.subnet import export_subnet, quant_config_for_export
+from mpq.rfquant.supernet import calibrate_bn, load_supernet
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data, load_policy_for, loader_args, preprocessing_of
-from mpq.train import save_checkpoint
-
-DEFAULT_BN_IMAGES = 7000   # the reference's ~7,000 images (docs/methods/rfquant.md)
+from mpq.errors import InputError
 
 
 def main():
@@ -20,13 +19,13 @@ def main():
     supernet, _, ckpt = load_supernet(args.supernet)
     policy = load_policy_for(args.policy, spec)
     if ckpt["arch"] != arch or ckpt["num_classes"] != num_classes:
-        raise ValueError(f"{args.supernet}: supernet is for {ckpt['arch']}/{ckpt['num_classes']} classes but the "
+        raise InputError(f"{args.supernet}: supernet is for {ckpt['arch']}/{ckpt['num_classes']} classes but the "
                          f"model is {arch}/{num_classes}; rerun train_supernet")
     data = load_data(spec)
     device = resolve_device(spec["device"])
     model = export_subnet(supernet, policy, spec["quant"]).to(device)
     loading = loader_args(spec)
-    images = int((spec.get("recipe") or {}).get("bn_recalibration_images", DEFAULT_BN_IMAGES))
+    images = int(spec["recipe"]["bn_recalibration_images"])
     used = calibrate_bn(model, data.train, device, images=images, batch_size=loading["batch_size"],
                         seed=loading["seed"] + 1, workers=loading["workers"])
     save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,

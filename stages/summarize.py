@@ -1,7 +1,6 @@
 """Stage: collect FP32 and per-policy metrics into summary.csv and draw the accuracy-cost fronts."""
 import argparse
 import logging
-from pathlib import Path
 
 from mpq.figures import plot_front
 from mpq.io import atomic_write_text
@@ -18,13 +17,13 @@ def main():
     ap.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files (stage wall times)")
     ap.add_argument("--experiment", default="")
     ap.add_argument("--out", required=True, help="summary.csv")
-    ap.add_argument("--figures", required=True, help="folder for top1_vs_bitops / top1_vs_size (.png, .svg)")
+    ap.add_argument("--bitops-figure", nargs="+", required=True, help="top-1 against BitOps (.png, .svg)")
+    ap.add_argument("--size-figure", nargs="+", required=True, help="top-1 against weight size (.png, .svg)")
     args = ap.parse_args()
     (fp32,) = load_metrics([args.fp32_metrics])
     table = summary_table(fp32, load_metrics(args.metrics), read_benchmarks(args.benchmarks))
-    figures = Path(args.figures)
-    plot_front(table, "bitops_g", "BitOps (G)", figures / "top1_vs_bitops", f"{args.experiment}: top-1 vs BitOps")
-    plot_front(table, "size_mb", "weight size (MiB)", figures / "top1_vs_size", f"{args.experiment}: top-1 vs size")
+    plot_front(table, "bitops_g", "BitOps (G)", args.bitops_figure, f"{args.experiment}: top-1 vs BitOps")
+    plot_front(table, "size_mb", "weight size (MiB)", args.size_figure, f"{args.experiment}: top-1 vs size")
     atomic_write_text(args.out, table.to_csv(index=False))
     print(table.to_string(index=False))
     below = below_start_policies(table)

@@ -1,10 +1,11 @@
 """Stage: LIMPQ joint indicator training from the FP32 model. Writes indicators.pt."""
 from mpq.build import fixed_bits_of
-from mpq.importance.limpq import build_indicator_model, train_indicators
+from mpq.checkpoint import save_checkpoint
+from mpq.limpq.indicators import build_indicator_model, train_indicators
 from mpq.quant.convert import lsq_options
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data, loader_args
-from mpq.train import resume, save_checkpoint
+from mpq.train import resume
 
 
 def main():
@@ -20,7 +21,7 @@ def main():
     quant, cfg = spec["quant"], spec["limpq"]
     build_indicator_model(model, image_size=data.image_size, candidates=quant["candidates"],
                           fixed_bits=fixed_bits_of(quant), **lsq_options(quant),
-                          fixed_layers_fp=cfg.get("fixed_layers_during_indicators", "fixed") == "fp")
+                          fixed_layers_fp=cfg["fixed_layers_during_indicators"] == "fp")
     metrics = train_indicators(model, data, cfg, resolve_device(spec["device"]),
                                candidates=quant["candidates"], **loader_args(spec))
     save_checkpoint(args.out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,

@@ -2,8 +2,8 @@
 import copy
 
 from mpq.build import fixed_bits_of
-from mpq.importance.rfquant import rfquant_config, supernet_training_split, train_supernet
-from mpq.importance.supernet import build_supernet, save_supernet, subnet_accuracy
+from mpq.rfquant.supernet import build_supernet, save_supernet, subnet_accuracy
+from mpq.rfquant.training import rfquant_config, supernet_training_split, train_supernet
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import fp32_model_of, load_data, loader_args
 

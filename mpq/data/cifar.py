@@ -13,9 +13,9 @@ import torch
 from . import options, pixels
 from .batch_augment import PadCropFlip
 from .bundle import DataBundle
-from .folder_layout import is_image_folder
-from .imagefolder import build_folder
+from .imagefolder import build_folder, is_image_folder
 from .tensor_dataset import TensorImageDataset
+from ..errors import InputError
 
 NATIVE_SIZE = 32
 STATS = {  # per-channel mean and std of each training set, in [0, 1] units
@@ -55,7 +55,7 @@ def _load(name: str, root: Path, train: bool, download: bool):
     except RuntimeError as err:
         if download:
             raise
-        raise ValueError(f"no {name} found under dataset.root {root} (neither torchvision's "
+        raise InputError(f"no {name} found under dataset.root {root} (neither torchvision's "
                          f"files nor train/ + test/ folders); set dataset.download: true "
                          f"to fetch it") from err
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()

@@ -17,8 +17,9 @@ import math
 
 import torch
 
-from .folder_dataset import FolderDataset
+from .imagefolder import FolderDataset
 from .seeding import derive_seed, generator
+from ..errors import InputError
 
 _SEED_MAX = 2**31 - 1
 
@@ -43,10 +44,10 @@ class DaliLoader:
     def __init__(self, dataset: FolderDataset, batch_size: int, train: bool, seed: int, epoch: int,
                  drop_last: bool, device: torch.device, shard=(0, 1), workers: int = 0):
         if not supports(dataset):
-            raise ValueError("loader 'dali' reads ImageFolder datasets only (dataset.name imagefolder, "
+            raise InputError("loader 'dali' reads ImageFolder datasets only (dataset.name imagefolder, "
                              "or cifar10/cifar100 given as train/ + test/ folders)")
         if not available():
-            raise ValueError("loader 'dali' needs NVIDIA DALI: pip install 'mpq[dali]' "
+            raise InputError("loader 'dali' needs NVIDIA DALI: pip install 'mpq[dali]' "
                              "(or set dataset.loader: torch)")
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.seed, self.epoch, self.drop_last, self.device = seed, epoch, drop_last, device

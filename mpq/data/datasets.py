@@ -6,6 +6,7 @@ from .cifar import build_cifar
 from .digits import build_digits
 from .imagefolder import build_imagefolder
 from .synthetic import build_synthetic
+from ..errors import InputError
 
 BUILDERS = {
     "digits": build_digits,
@@ -20,8 +21,8 @@ def build_data(cfg: dict) -> DataBundle:
     """Train and test datasets for cfg['name'], one of BUILDERS."""
     choices = ", ".join(BUILDERS)
     if not isinstance(cfg, dict) or not cfg.get("name"):
-        raise ValueError(f"dataset.name is required; choose one of {choices}")
+        raise InputError(f"dataset.name is required; choose one of {choices}")
     name = str(cfg["name"])
     if name not in BUILDERS:
-        raise ValueError(f"dataset.name: unknown dataset {name!r}; choose one of {choices}")
+        raise InputError(f"dataset.name: unknown dataset {name!r}; choose one of {choices}")
     return BUILDERS[name](cfg)

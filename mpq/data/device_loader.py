@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .batch_augment import PadCropFlip
-from .folder_dataset import FolderDataset, read_rgb
+from .imagefolder import FolderDataset, read_rgb
 from .seeding import derive_seed
 from .tensor_dataset import TensorImageDataset
+from ..errors import InputError
 
 _KEPT = 4                 # resident datasets kept per process (decoding/copying happens once)
 _AUG_STREAM = 7_919       # per-rank augmentation stream when the epoch is sharded
@@ -46,7 +47,7 @@ def supports(dataset) -> bool:
 def decode_folder(dataset: FolderDataset, workers: int = 0) -> TensorImageDataset:
     """All images of a CIFAR-style FolderDataset as one uint8 NCHW tensor at image_size."""
     if not supports(dataset):
-        raise ValueError("loader 'gpu' holds small images on the device with CIFAR-style "
+        raise InputError("loader 'gpu' holds small images on the device with CIFAR-style "
                          f"augmentation; this ImageFolder uses the {dataset.style!r} recipe "
                          "(random-resized crop): use dataset.loader torch or dali")
     from torch.utils.data import DataLoader

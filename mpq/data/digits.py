@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import section_defaults
 from . import options, pixels
 from .batch_augment import PadCropFlip
 from .bundle import DataBundle
@@ -19,7 +20,6 @@ from .tensor_dataset import TensorImageDataset
 
 SPLIT_SEED = 20_240_517   # fixed, so the test set is the same whatever the experiment seed
 TEST_FRACTION = 0.2
-DEFAULT_IMAGE_SIZE = 16
 MAX_PIXEL = 16.0          # load_digits pixels are counts 0..16
 
 
@@ -53,7 +53,7 @@ def build_digits(cfg: dict) -> DataBundle:
 
     Augmentation is a small random translation only: digits are not flip-invariant.
     """
-    size = options.integer(cfg, "image_size", DEFAULT_IMAGE_SIZE)
+    size = options.integer(cfg, "image_size", section_defaults("dataset", {"name": "digits"})["image_size"])
     images, labels = load_digits_tensors()
     images = pixels.resize(images, size).expand(-1, 3, -1, -1).contiguous()
     train_idx, test_idx = holdout_indices(len(labels), labels, TEST_FRACTION, SPLIT_SEED)

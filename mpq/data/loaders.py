@@ -18,9 +18,10 @@ from collections import OrderedDict
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .folder_dataset import FolderDataset
+from .imagefolder import FolderDataset
 from .seeding import generator
 from .tensor_dataset import TensorImageDataset
+from ..errors import InputError
 
 _MAX_SEED = 2**62
 _KEPT_LOADERS = 4   # DataLoaders with live workers kept for reuse across epochs
@@ -29,18 +30,18 @@ LOADER_CHOICES = ("auto", "torch", "gpu", "dali")
 # auto holds an ImageFolder decoded in memory only up to this many bytes of uint8 pixels.
 RESIDENT_LIMIT_BYTES = 8 * 2**30
 # Process-wide defaults set once by the stage runtime from the config (device, dataset.loader).
-_DEFAULTS = {"kind": "auto", "device": torch.device("cpu")}
+_CONFIGURED = {"kind": "auto", "device": torch.device("cpu")}
 
 
 def configure(kind: str | None = None, device=None) -> None:
     """Set the loader kind and device that make_loader uses when the caller does not pass them."""
     if kind is not None:
         if kind not in LOADER_CHOICES:
-            raise ValueError(f"dataset.loader: unknown loader {kind!r}; choose one of "
+            raise InputError(f"dataset.loader: unknown loader {kind!r}; choose one of "
                              f"{', '.join(LOADER_CHOICES)}")
-        _DEFAULTS["kind"] = kind
+        _CONFIGURED["kind"] = kind
     if device is not None:
-        _DEFAULTS["device"] = torch.device(device)
+        _CONFIGURED["device"] = torch.device(device)
 
 
 def choose(dataset, kind: str, device: torch.device) -> str:
@@ -55,7 +56,7 @@ def choose(dataset, kind: str, device: torch.device) -> str:
     from . import dali_loader, device_loader
 
     if kind not in LOADER_CHOICES:
-        raise ValueError(f"dataset.loader: unknown loader {kind!r}; choose one of {', '.join(LOADER_CHOICES)}")
+        raise InputError(f"dataset.loader: unknown loader {kind!r}; choose one of {', '.join(LOADER_CHOICES)}")
     if kind == "auto":
         folder = isinstance(dataset, FolderDataset)
         small_folder = folder and device_loader.supports(dataset) \
@@ -91,9 +92,9 @@ def make_loader(dataset, batch_size: int, train: bool, seed: int = 0, workers: i
     from .. import distributed
 
     if int(batch_size) <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    device = torch.device(device) if device is not None else _DEFAULTS["device"]
-    kind = choose(dataset, kind or _DEFAULTS["kind"], device)
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    device = torch.device(device) if device is not None else _CONFIGURED["device"]
+    kind = choose(dataset, kind or _CONFIGURED["kind"], device)
     world = distributed.world_size() if shard is None or shard else 1
     place = (distributed.rank(), world) if world > 1 else (0, 1)
     if world > 1:

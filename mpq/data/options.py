@@ -4,6 +4,7 @@ Values given on the command line (`--config dataset.image_size=32`) arrive as st
 missing key should be reported by name, so every builder reads its options through here.
 """
 from __future__ import annotations
+from ..errors import InputError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -13,7 +14,7 @@ def required(cfg: dict, key: str, name: str):
     """cfg[key], or a ValueError naming the key and the dataset that needs it."""
     value = cfg.get(key)
     if value is None or value == "":
-        raise ValueError(f"dataset.{key} is required for dataset {name!r}")
+        raise InputError(f"dataset.{key} is required for dataset {name!r}")
     return value
 
 
@@ -25,9 +26,9 @@ def integer(cfg: dict, key: str, default: int | None) -> int | None:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"dataset.{key} must be an integer, got {value!r}") from None
+        raise InputError(f"dataset.{key} must be an integer, got {value!r}") from None
     if number <= 0:
-        raise ValueError(f"dataset.{key} must be positive, got {number}")
+        raise InputError(f"dataset.{key} must be positive, got {number}")
     return number
 
 
@@ -41,7 +42,7 @@ def boolean(cfg: dict, key: str, default: bool) -> bool:
     text = str(value).strip().lower()
     if text in _TRUE | _FALSE:
         return text in _TRUE
-    raise ValueError(f"dataset.{key} must be true or false, got {value!r}")
+    raise InputError(f"dataset.{key} must be true or false, got {value!r}")
 
 
 def triple(cfg: dict, key: str, default: tuple) -> tuple:
@@ -54,5 +55,5 @@ def triple(cfg: dict, key: str, default: tuple) -> tuple:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3:
-        raise ValueError(f"dataset.{key} must be a list of 3 numbers, got {value!r}")
+        raise InputError(f"dataset.{key} must be a list of 3 numbers, got {value!r}")
     return values

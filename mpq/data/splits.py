@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Subset
 
 from .seeding import generator
+from ..errors import InputError
 
 _SUBSET_STREAM = 1   # keeps these draws apart from the loaders' (seed, epoch) streams
 _HOLDOUT_STREAM = 2
@@ -37,7 +38,7 @@ def subset(dataset, n: int, seed: int):
     Asking for more items than there are gives the whole dataset.
     """
     if n <= 0:
-        raise ValueError(f"subset size must be positive, got {n}")
+        raise InputError(f"subset size must be positive, got {n}")
     total = len(dataset)
     if n >= total:
         return take(dataset, torch.arange(total))
@@ -53,7 +54,7 @@ def fraction_subset(dataset, fraction: float, batch_size: int, seed: int):
     """
     fraction = float(fraction)
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"data_fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"data_fraction must be in (0, 1], got {fraction}")
     if fraction == 1.0:
         return dataset
     return subset(dataset, max(int(batch_size), int(len(dataset) * fraction)), seed)
@@ -69,10 +70,10 @@ def holdout_indices(n: int, labels: torch.Tensor | None, fraction: float, seed: 
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted (rest, holdout) indices; each class gets its share of the holdout within one item."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"holdout fraction must be between 0 and 1, got {fraction}")
+        raise InputError(f"holdout fraction must be between 0 and 1, got {fraction}")
     count = round(fraction * n)
     if count == 0 or count == n:
-        raise ValueError(f"a holdout fraction of {fraction} of {n} items leaves one side empty")
+        raise InputError(f"a holdout fraction of {fraction} of {n} items leaves one side empty")
     rng = generator(seed, _HOLDOUT_STREAM)
     if labels is None:
         holdout = torch.randperm(n, generator=rng)[:count]

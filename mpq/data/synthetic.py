@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import torch
 
-from . import options, pixels
+from ..config import section_defaults
+from . import pixels
 from .batch_augment import PadCropFlip
 from .bundle import DataBundle
 from .seeding import generator
 from .tensor_dataset import TensorImageDataset
 
 SEED = 0   # fixed: the same "dataset" on every run
-DEFAULTS = {"image_size": 32, "num_classes": 10, "train_size": 512, "test_size": 256}
+SHAPE_KEYS = ("image_size", "num_classes", "train_size", "test_size")   # defaults: the config schema's
 
 
 def build_synthetic(cfg: dict) -> DataBundle:
     """uint8 noise images (3 x image_size^2) served like CIFAR (pad-crop-flip)."""
-    size, classes, n_train, n_test = (options.integer(cfg, key, default)
-                                      for key, default in DEFAULTS.items())
+    filled = section_defaults("dataset", {**cfg, "name": "synthetic"})
+    size, classes, n_train, n_test = (int(filled[key]) for key in SHAPE_KEYS)
     rng = generator(SEED)
 
     def draw(n):

@@ -11,6 +11,7 @@ import torch
 
 from . import pixels
 from .batch_augment import PadCropFlip
+from ..errors import InputError
 
 
 class TensorImageDataset:
@@ -24,7 +25,7 @@ class TensorImageDataset:
                  std: Sequence[float], augment: PadCropFlip = PadCropFlip(),
                  classes: Sequence[str] = ()):
         if images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(f"expected NCHW images with one label each, got images "
+            raise InputError(f"expected NCHW images with one label each, got images "
                              f"{tuple(images.shape)} and {len(labels)} labels")
         self.images = images
         self.labels = labels.to(torch.int64)

@@ -4,6 +4,7 @@ Two recipes: CIFAR-style (pad-crop-flip at native size) for small images, where 
 random area would throw away too much, and ImageNet-style (random-resized crop) for photos.
 """
 from __future__ import annotations
+from ..errors import InputError
 
 AUGMENT_CHOICES = ("auto", "cifar", "imagenet", "none")
 SMALL_IMAGE_MAX = 64   # images up to this size (px, longer side) get the CIFAR recipe
@@ -12,7 +13,7 @@ SMALL_IMAGE_MAX = 64   # images up to this size (px, longer side) get the CIFAR 
 def resolve_style(augment: str, native_size: int) -> str:
     """'cifar', 'imagenet' or 'none' for the config's `augment` and the images' size."""
     if augment not in AUGMENT_CHOICES:
-        raise ValueError(f"dataset.augment: unknown value {augment!r}; "
+        raise InputError(f"dataset.augment: unknown value {augment!r}; "
                          f"choose one of {', '.join(AUGMENT_CHOICES)}")
     if augment != "auto":
         return augment

@@ -59,7 +59,7 @@ def export_model(model, policy, out_dir, *, onnx: bool = False, int4: bool = Tru
 def export_checkpoint(path, out_dir, *, onnx: bool = False, int4: bool = True) -> dict:
     """Export the checkpoint at `path`: kind 'quantized' (LSQ QAT, subnet) or 'ptq'; N2UQ is refused."""
     from ..build import finetuned_model
-    from ..train.checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     refuse_checkpoint_kind(load_checkpoint(path)["kind"], path)
     model, policy, ckpt = finetuned_model(path)

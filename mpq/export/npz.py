@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_bytes, atomic_write_json
+from ..quant.base import int_range
 from .quantized import ActQuant, ExportError, LayerRecord, OutputAct, WeightQuant
 
 # /2: codes of fewer than 8 bits packed (a W2 layer takes a quarter of a byte each);
@@ -53,7 +54,7 @@ PACK_RULE = "bitstream of u = int - qmin, bits bits per code, least significant 
 def pack_codes(codes: np.ndarray, bits: int, qmin: int) -> np.ndarray:
     """Codes in [qmin, qmin + 2^bits - 1] as a uint8 bitstream of `bits` bits per code."""
     u = (codes.astype(np.int16).ravel() - qmin).astype(np.uint8)
-    if u.size and int(u.max()) >= 1 << bits:
+    if u.size and int(u.max()) > int_range(bits, signed=False)[1]:
         raise ExportError(f"codes exceed {bits} bits above qmin {qmin}")
     planes = (u[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
     return np.packbits(planes.ravel(), bitorder="little")

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant.affine import AffineActQuantizer, grid_max
+from ..quant.base import int_range
 from ..quant.convert import split_layers
-from ..quant.ptq_layers import OUTPUT_QUANTIZER, PTQ_LAYERS
+from ..quant.ptq_layers import OUTPUT_QUANTIZER, PTQ_LAYERS, AffineActQuantizer
 from .quantized import ActQuant, ExportError, LayerRecord, OutputAct, WeightQuant, layer_geometry, to_numpy
 
 
@@ -27,13 +27,14 @@ def _weight(name: str, layer) -> tuple[WeightQuant | None, np.ndarray | None]:
         return None, to_numpy(layer.weight, np.float32)
     if layer.rounding is not None:
         raise ExportError(f"layer {name}: AdaRound is still running (soft rounding); export a finished PTQ model")
-    bits, offset = layer.w_bits, 2 ** (layer.w_bits - 1)
-    codes = layer.weight_codes().to(torch.int16) - offset
-    zero = layer.w_zero.reshape(-1).to(torch.int16) - offset
-    if int(zero.min()) < -offset or int(zero.max()) > offset - 1:
+    bits = layer.w_bits
+    qmin, qmax = int_range(bits, signed=True)      # [0, 2^b - 1] shifted by qmin = -2^(b-1)
+    codes = layer.weight_codes().to(torch.int16) + qmin
+    zero = layer.w_zero.reshape(-1).to(torch.int16) + qmin
+    if int(zero.min()) < qmin or int(zero.max()) > qmax:
         raise ExportError(f"layer {name}: a weight zero point lies outside its {bits}-bit grid")
     scale = to_numpy(layer.w_delta.reshape(-1), np.float32)
-    return WeightQuant(bits, to_numpy(codes, np.int8), scale, to_numpy(zero, np.int8), -offset, offset - 1), None
+    return WeightQuant(bits, to_numpy(codes, np.int8), scale, to_numpy(zero, np.int8), qmin, qmax), None
 
 
 @torch.no_grad()
@@ -45,7 +46,8 @@ def _act(site: str, q: AffineActQuantizer | None) -> ActQuant | None:
                           f"mpq.quant.ptq_model.load_ptq_model")
     if not bool(q.initialized):
         raise ExportError(f"{site}: activation range was never calibrated; export a PTQ model the ptq stage wrote")
-    return ActQuant(int(q.bits), float(q.delta.detach().float()), int(q.zero), False, 0, grid_max(q.bits))
+    return ActQuant(int(q.bits), float(q.delta.detach().float()), int(q.zero), False, 0,
+                    int_range(q.bits, signed=False)[1])
 
 
 def ptq_records(model: nn.Module) -> tuple[list[LayerRecord], list[OutputAct]]:

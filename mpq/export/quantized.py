@@ -14,10 +14,12 @@ from torch import nn
 
 from ..quant.layers import QUANT_LAYERS
 from ..quant.ptq_layers import OUTPUT_QUANTIZER
-from ..quant.lsq import LsqQuantizer, is_full_precision
+from ..quant.base import is_full_precision
+from ..quant.lsq import LsqQuantizer
+from ..errors import InputError
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A model that cannot be exported exactly (the message names the reason)."""
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpq.models.registry import register
+from ..errors import InputError
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -24,7 +25,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError("option-A shortcut cannot reduce channels")
+            raise InputError("option-A shortcut cannot reduce channels")
         self.stride = stride
         self.pad_before = (out_channels - in_channels) // 2
         self.pad_after = out_channels - in_channels - self.pad_before
@@ -76,7 +77,7 @@ class CifarResNet(nn.Module):
     def __init__(self, blocks_per_stage: int, num_classes: int, shortcut: str = "A"):
         super().__init__()
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+            raise InputError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         self.conv1 = _conv3x3(3, STAGE_WIDTHS[0])
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
         self.relu = nn.ReLU(inplace=True)
@@ -114,7 +115,7 @@ class CifarResNet(nn.Module):
 
 def _depth_to_blocks(depth: int) -> int:
     if (depth - 2) % 6 or depth < 8:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        raise InputError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
     return (depth - 2) // 6
 
 

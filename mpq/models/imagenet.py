@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 
 from mpq.models.registry import register
+from ..errors import InputError
 
 
 def _build(tv_name: str, num_classes: int, pretrained: str | None, head_name: str) -> nn.Module:
@@ -32,7 +33,7 @@ def _weights(tv_name: str, pretrained: str):
         return enum[pretrained]
     except KeyError:
         known = ", ".join(member.name for member in enum)
-        raise ValueError(
+        raise InputError(
             f"unknown pretrained weights {pretrained!r} for {tv_name}; known: {known}, DEFAULT"
         ) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
+from ..errors import InputError
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -15,11 +16,17 @@ def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         if name in _BUILDERS:
-            raise ValueError(f"model name {name!r} is already registered")
+            raise InputError(f"model name {name!r} is already registered")
         _BUILDERS[name] = builder
         return builder
 
     return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a registered name (tests that register a throwaway model clean up with it)."""
+    if _BUILDERS.pop(name, None) is None:
+        raise InputError(f"model name {name!r} is not registered")
 
 
 def list_models() -> list[str]:
@@ -35,9 +42,9 @@ def create(name: str, num_classes: int, **kwargs) -> nn.Module:
     """
     builder = _BUILDERS.get(name)
     if builder is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
     model = builder(num_classes, **kwargs)
     if not isinstance(getattr(model, "signed_inputs", None), frozenset):
         raise RuntimeError(f"builder for {name!r} did not set model.signed_inputs (a frozenset)")

@@ -14,6 +14,7 @@ import torchvision.models.resnet as tv_resnet
 from torch import nn
 
 from mpq.models import cifar_resnet
+from ..errors import InputError
 
 # PReLU slope at conversion. "relu": slope 0 and zero shifts, so every RPReLU computes a ReLU and
 # the converted model equals the plain FP32 model it came from. "reference": the framework default
@@ -95,12 +96,12 @@ def add_rprelu(model: nn.Module, init: str = "relu") -> nn.Module:
     (those behind an RPReLU and the downsample convs, which see a post-add RPReLU output).
     """
     if init not in SLOPE_INITS:
-        raise ValueError(f"rprelu_init {init!r} is unknown; use {', '.join(SLOPE_INITS)}")
+        raise InputError(f"rprelu_init {init!r} is unknown; use {', '.join(SLOPE_INITS)}")
     if getattr(model, "mpq_searchable", None) is not None:
-        raise ValueError("add the RPReLU structure before quantizing the model")
+        raise InputError("add the RPReLU structure before quantizing the model")
     blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, PLAIN_BLOCKS)]
     if not blocks or not isinstance(getattr(model, "fc", None), nn.Linear):
-        raise ValueError(f"the N2UQ RPReLU structure is defined for the zoo ResNets only, not "
+        raise InputError(f"the N2UQ RPReLU structure is defined for the zoo ResNets only, not "
                          f"{getattr(model, 'arch', type(model).__name__)!r}; set rprelu: false")
     signed, fed = set(model.signed_inputs), set()
     for index, (name, block) in enumerate(blocks):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .convert import _swap, conv_bn_pairs
+from .convert import conv_bn_pairs, replace_module
+from ..errors import InputError
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def fold_batchnorm(model: nn.Module, image_size: int, in_chans: int = 3) -> nn.M
     for conv_name, bn_name in conv_bn_pairs(model, image_size, in_chans).items():
         bn = model.get_submodule(bn_name)
         if not isinstance(bn, nn.BatchNorm2d):
-            raise ValueError(f"{bn_name} is a {type(bn).__name__}; only plain BatchNorm2d can be folded")
+            raise InputError(f"{bn_name} is a {type(bn).__name__}; only plain BatchNorm2d can be folded")
         fold_conv_bn(model.get_submodule(conv_name), bn)
-        _swap(model, bn_name, nn.Identity())
+        replace_module(model, bn_name, nn.Identity())
     return model

@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from ..probe import probe_forward
-from .layers import QUANT_LAYERS, QuantConv2d, QuantLinear
+from .layers import QuantConv2d, QuantLinear
 from .lsq import LsqQuantizer
 from .switchable_bn import SwitchableBatchNorm2d, bn_key
+from ..errors import InputError
+from ..config import section_defaults
 
-DEFAULT_FIXED_BITS = ((8, 8), (8, 8))
+# The schema's quant.fixed_layers (stem, classifier), for callers that give none.
+DEFAULT_FIXED_BITS = tuple(tuple(section_defaults("quant")["fixed_layers"][end]) for end in ("first", "last"))
 
 
 def split_layers(model: nn.Module) -> tuple[str, list[str], str]:
@@ -24,7 +27,7 @@ def split_layers(model: nn.Module) -> tuple[str, list[str], str]:
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not convs or not linears:
-        raise ValueError("model needs at least one Conv2d (stem) and one Linear (classifier)")
+        raise InputError("model needs at least one Conv2d (stem) and one Linear (classifier)")
     stem, classifier = convs[0], linears[-1]
     return stem, [n for n in names if n not in (stem, classifier)], classifier
 
@@ -55,12 +58,13 @@ def _per_layer(value, names: Sequence[str], what: str) -> list:
     """Accept one candidate list for every layer or one list per layer."""
     if value and isinstance(value[0], (list, tuple)):
         if len(value) != len(names):
-            raise ValueError(f"{what}: got {len(value)} per-layer lists for {len(names)} searchable layers")
+            raise InputError(f"{what}: got {len(value)} per-layer lists for {len(names)} searchable layers")
         return [list(v) for v in value]
     return [list(value) for _ in names]
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` (dotted) sits."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -91,7 +95,7 @@ def convert_model(model: nn.Module, *, image_size: int, weight_candidates, act_c
     BN after a searchable conv with one copy per candidate bit or (w, a) pair.
     """
     if getattr(model, "mpq_searchable", None) is not None:
-        raise ValueError("model is already quantized")
+        raise InputError("model is already quantized")
     stem, searchable, classifier = split_layers(model)
     bn_of = conv_bn_pairs(model, image_size) if switchable_bn else {}
     w_cands = _per_layer(weight_candidates, searchable, "weight_candidates")
@@ -109,11 +113,11 @@ def convert_model(model: nn.Module, *, image_size: int, weight_candidates, act_c
         qw = weight_q(layer, wc)
         qw.init_weight_steps(layer.weight)
         qa = LsqQuantizer(ac, "act", signed=name in signed_inputs, **common)
-        _swap(model, name, _wrap(layer, qw, qa))
+        replace_module(model, name, _wrap(layer, qw, qa))
         if switchable_bn and name in bn_of:
             keys = sorted({bn_key(w, a, switchable_bn) for w in wc for a in ac},
                           key=lambda k: [-int(p) for p in k.split("_")])
-            _swap(model, bn_of[name], SwitchableBatchNorm2d(modules[bn_of[name]], keys))
+            replace_module(model, bn_of[name], SwitchableBatchNorm2d(modules[bn_of[name]], keys))
 
     (stem_w, _), (fc_w, fc_a) = fixed_bits
     for name, wb, ab in ((stem, stem_w, None), (classifier, fc_w, fc_a)):
@@ -124,7 +128,7 @@ def convert_model(model: nn.Module, *, image_size: int, weight_candidates, act_c
                                                      **common)
         wrapped = _wrap(layer, qw, qa)
         wrapped.set_bits(wb, ab)
-        _swap(model, name, wrapped)
+        replace_module(model, name, wrapped)
 
     model.mpq_searchable = searchable
     model.mpq_fixed = (stem, classifier)
@@ -136,7 +140,7 @@ def convert_model(model: nn.Module, *, image_size: int, weight_candidates, act_c
 def searchable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     names = getattr(model, "mpq_searchable", None)
     if names is None:
-        raise ValueError("model is not quantized: call convert_model first")
+        raise InputError("model is not quantized: call convert_model first")
     modules = dict(model.named_modules())
     return [(n, modules[n]) for n in names]
 
@@ -153,7 +157,7 @@ def set_layer_bits(model: nn.Module, name: str, w_bits: int, a_bits: int) -> Non
 def set_policy_bits(model: nn.Module, w_bits: Sequence[int], a_bits: Sequence[int]) -> None:
     names = [n for n, _ in searchable_layers(model)]
     if len(w_bits) != len(names) or len(a_bits) != len(names):
-        raise ValueError(f"policy has {len(w_bits)}/{len(a_bits)} weight/act bits but the model has "
+        raise InputError(f"policy has {len(w_bits)}/{len(a_bits)} weight/act bits but the model has "
                          f"{len(names)} searchable layers")
     for name, w, a in zip(names, w_bits, a_bits):
         set_layer_bits(model, name, int(w), int(a))
@@ -168,10 +172,5 @@ def use_fc_scale_trick(model: nn.Module, enabled: bool = True) -> None:
     """Turn the SAT classifier scaling of the LIMPQ finetune on the fixed classifier (QuantLinear)."""
     classifier = model.get_submodule(getattr(model, "mpq_fixed", (None, None))[1] or "")
     if not isinstance(classifier, QuantLinear):
-        raise ValueError("fc_scale_trick needs a converted model whose classifier is a QuantLinear")
+        raise InputError("fc_scale_trick needs a converted model whose classifier is a QuantLinear")
     classifier.fc_scale_trick = bool(enabled)
-
-
-def quant_modules(model: nn.Module):
-    """Every quantized layer, fixed ones included (for optimizer groups and inspection)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]

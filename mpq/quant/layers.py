@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lsq import LsqQuantizer
+from .base import Quantizer
 
 
 @runtime_checkable
@@ -64,8 +64,8 @@ class _QuantMixin:
     """Shared bit-setting and path choice for quantized layers; `quan_a` is None where the
     input stays float. `code_domain`: None = under autocast only, True = always, False = never."""
 
-    quan_w: LsqQuantizer
-    quan_a: LsqQuantizer | None
+    quan_w: Quantizer
+    quan_a: Quantizer | None
     code_domain: bool | None = None
 
     def set_bits(self, w_bits: int | None, a_bits: int | None) -> None:
@@ -107,7 +107,7 @@ class _QuantMixin:
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     """Conv2d whose weight and input pass through LSQ; bias, dilation and groups are kept."""
 
-    def __init__(self, conv: nn.Conv2d, quan_w: LsqQuantizer, quan_a: LsqQuantizer | None):
+    def __init__(self, conv: nn.Conv2d, quan_w: Quantizer, quan_a: Quantizer | None):
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                          conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                          conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
@@ -133,7 +133,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
     fc_scale_trick: bool = False
 
-    def __init__(self, linear: nn.Linear, quan_w: LsqQuantizer, quan_a: LsqQuantizer | None):
+    def __init__(self, linear: nn.Linear, quan_w: Quantizer, quan_a: Quantizer | None):
         super().__init__(linear.in_features, linear.out_features, linear.bias is not None,
                          device=linear.weight.device, dtype=linear.weight.dtype)
         self.weight = linear.weight
@@ -166,3 +166,8 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)
+
+
+def quant_modules(model: nn.Module):
+    """Every quantized layer, fixed ones included (for optimizer groups and inspection)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]

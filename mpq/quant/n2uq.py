@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .convert import searchable_layers
-from .lsq import bit_range_text, is_full_precision, supported_bits
+from .base import Quantizer, int_range, is_full_precision
+from ..errors import InputError
 
 EPS = 1e-3
 
@@ -73,7 +74,7 @@ class _LtqCodes(torch.autograd.Function):
                 shift.sum().reshape(start.shape), grad_widths.to(widths.dtype), None)
 
 
-class LtqQuantizer(nn.Module):
+class LtqQuantizer(Quantizer):
     """Learnable-threshold activation quantizer at a fixed bit-width (K = 2^b - 1 intervals).
 
     Scalars per layer, initialised as a uniform quantizer on [0, 2].
@@ -81,20 +82,18 @@ class LtqQuantizer(nn.Module):
 
     def __init__(self, bits: int, eps: float = EPS):
         super().__init__()
-        if not supported_bits(bits):
-            raise ValueError(f"N2UQ activation bit-width {bits} is not supported; use {bit_range_text()}")
-        levels = 2**bits - 1
+        _, levels = int_range(bits, signed=False)      # refuses an unsupported bit-width
         self.levels_bits, self.bits, self.eps = bits, bits, eps
         self.scale1 = nn.Parameter(torch.tensor(1.0))
         self.start = nn.Parameter(torch.tensor(0.0))
         self.widths = nn.Parameter(torch.full((levels,), 2.0 / levels))
         self.scale2 = nn.Parameter(torch.tensor(1.0))
 
-    def set_bits(self, bits: int | None) -> None:
-        if not is_full_precision(bits) and bits != self.levels_bits:
-            raise ValueError(f"this LTQ has {self.widths.numel()} intervals ({self.levels_bits}-bit); "
+    def _check_bits(self, bits: int) -> None:
+        super()._check_bits(bits)
+        if bits != self.levels_bits:
+            raise InputError(f"this LTQ has {self.widths.numel()} intervals ({self.levels_bits}-bit); "
                              f"it cannot run at {bits} bits")
-        self.bits = bits
 
     def codes_and_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(codes 0..K as fp32 with the G-STE gradient, scalar scale scale2·2/K), computed in
@@ -131,8 +130,8 @@ def l1_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     (gradient 1/s_c, no clipping mask), so the codes carry W/(s_c·scale) as their gradient path.
     Computed in fp32 under autocast, so the codes do not depend on the autocast dtype.
     """
-    levels = 2**bits - 1
-    gamma = levels / 2 ** (bits - 1)
+    _, levels = int_range(bits, signed=False)
+    gamma = levels / -int_range(bits, signed=True)[0]     # (2^n - 1) / 2^(n-1)
     shape = (-1,) + (1,) * (w.dim() - 1)
     with fp32_compute(w):
         wf = w.float()
@@ -144,17 +143,12 @@ def l1_weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
         return odd + (path - path.detach()), scale
 
 
-class L1WeightQuantizer(nn.Module):
+class L1WeightQuantizer(Quantizer):
     """The N2UQ weight quantizer; stateless, so any bit-width 2..8 works."""
 
     def __init__(self, bits: int | None):
         super().__init__()
         self.set_bits(bits)
-
-    def set_bits(self, bits: int | None) -> None:
-        if not is_full_precision(bits) and not supported_bits(bits):
-            raise ValueError(f"N2UQ weight bit-width {bits} is not supported; use {bit_range_text()}")
-        self.bits = bits
 
     def codes_and_scale(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(odd integer codes as fp32, per-output-channel scale s_c/(2^n-1) shaped (C, 1, ...));

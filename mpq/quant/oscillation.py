@@ -1,9 +1,10 @@
-"""Weight oscillations in LSQ QAT: tracking, dampening, iterative freezing, MSE range init.
+"""Weight oscillations in LSQ QAT: tracking, dampening, iterative freezing.
 
 Latent weights near a bin edge flip between two integers every few steps and never settle
 (docs/methods/oscillations.md). Each low-bit weight quantizer gets a tracker with the per-element state
 of section 3; dampening pulls weights to the centre of their bin (section 4); freezing pins
-elements whose oscillation frequency passes a falling threshold (section 5).
+elements whose oscillation frequency passes a falling threshold (section 5). The MSE range init
+of section 2 is in range_init.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..probe import probe_forward
-from .convert import quant_modules
-from .lsq import LsqQuantizer, is_full_precision, lsq_integers, scale_grad
+from .base import is_full_precision
+from .layers import quant_modules
+from .lsq import LsqQuantizer
+from .lsq_kernels import lsq_integers, scale_grad
+from ..errors import InputError
 
 MODES = ("none", "dampen", "freeze")
 AGGREGATIONS = ("kernel_mean", "sum", "mean")
@@ -50,17 +53,17 @@ class OscillationOptions:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"oscillation {self.mode!r} is unknown; use one of {', '.join(MODES)}")
+            raise InputError(f"oscillation {self.mode!r} is unknown; use one of {', '.join(MODES)}")
         if self.dampen_aggregation not in AGGREGATIONS:
-            raise ValueError(f"dampen_aggregation {self.dampen_aggregation!r} is unknown; use one of "
+            raise InputError(f"dampen_aggregation {self.dampen_aggregation!r} is unknown; use one of "
                              f"{', '.join(AGGREGATIONS)}")
         if not 0 < self.ema_momentum < 1:
-            raise ValueError(f"ema_momentum must lie in (0, 1), got {self.ema_momentum}")
+            raise InputError(f"ema_momentum must lie in (0, 1), got {self.ema_momentum}")
         if not 0 <= self.anneal_start < 1:
-            raise ValueError(f"anneal_start must lie in [0, 1), got {self.anneal_start}")
+            raise InputError(f"anneal_start must lie in [0, 1), got {self.anneal_start}")
         if self.mode == "freeze" and not self.freeze_threshold_start > 0:
             # The reference's EfficientNet "freeze" runs never froze anything (spec section 8.2).
-            raise ValueError("oscillation: freeze needs freeze_threshold_start > 0, otherwise nothing "
+            raise InputError("oscillation: freeze needs freeze_threshold_start > 0, otherwise nothing "
                              "ever freezes")
 
     def final_threshold(self, bits: int) -> float:
@@ -160,7 +163,7 @@ class TrackedLsqQuantizer(LsqQuantizer):
 
     def __init__(self, base: LsqQuantizer, weight_shape, momentum: float, use_ema: bool = True):
         if base.kind != "weight":
-            raise ValueError("oscillation tracking applies to weight quantizers only")
+            raise InputError("oscillation tracking applies to weight quantizers only")
         super().__init__(**base.config())
         self.load_state_dict(base.state_dict())
         self.to(base.step.device)
@@ -214,7 +217,7 @@ def dampening_loss(model: nn.Module, aggregation: str = "kernel_mean") -> torch.
         term = {"kernel_mean": lambda: sq.sum(0).mean(), "sum": sq.sum, "mean": sq.mean}[aggregation]()
         total = term if total is None else total + term
     if total is None:
-        raise ValueError("dampening needs at least one quantized LSQ weight")
+        raise InputError("dampening needs at least one quantized LSQ weight")
     return total
 
 
@@ -256,50 +259,3 @@ def oscillation_stats(model: nn.Module) -> dict:
             "mean_freq": sum(t.freq.sum().item() for t in trackers) / n,
             "frozen": sum(t.frozen.sum().item() for t in trackers) / n}
 
-
-# --- MSE range initialisation (section 2) -------------------------------------------------------
-@torch.no_grad()
-def mse_step(x: torch.Tensor, qn: int, qp: int, candidates: int = 100, margin: float = 0.5,
-             per_row: bool = False) -> torch.Tensor:
-    """Step minimising sum (x - Q(x))^2 over thresholds k*R/candidates, R = max|x| + margin.
-
-    per_row: one step per row of x.flatten(1) (per-channel weights); else one for the tensor.
-    """
-    rows = x.detach().float().flatten(1) if per_row else x.detach().float().reshape(1, -1)
-    reach = torch.maximum(rows.min(1).values.abs(), rows.max(1).values) + margin
-    best_err = torch.full_like(reach, float("inf"))
-    best_step = reach / qp
-    for k in range(1, candidates + 1):
-        step = (k * reach / candidates / qp).unsqueeze(1)
-        err = (rows - lsq_integers(rows, step, qn, qp) * step).pow(2).sum(1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_step = torch.where(better, step.squeeze(1), best_step)
-    return best_step if per_row else best_step[0]
-
-
-@torch.no_grad()
-def mse_range_init(model: nn.Module, x: torch.Tensor) -> None:
-    """MSE steps for every LSQ weight, then for every LSQ activation on one batch in eval mode.
-
-    Each activation step is set from its input just before that quantizer runs, so later layers
-    see the already-quantized inputs, as in the reference.
-    """
-    hooks = []
-    for _, layer in quant_modules(model):
-        q = layer.quan_w
-        if isinstance(q, LsqQuantizer) and not is_full_precision(q.bits):
-            _set_step(q, mse_step(layer.weight, *q.qrange(), per_row=q.per_channel))
-        a = layer.quan_a
-        if isinstance(a, LsqQuantizer) and not is_full_precision(a.bits):
-            def before(mod, inputs):
-                mod.check_input_sign(inputs[0])
-                _set_step(mod, mse_step(inputs[0], *mod.qrange()).clamp_min(1e-8))
-            hooks.append(a.register_forward_pre_hook(before))
-    probe_forward(model, x, hooks)
-
-
-def _set_step(q: LsqQuantizer, value: torch.Tensor) -> None:
-    index = q.index_of(q.bits)
-    q.step[index].copy_(value.to(q.step.dtype))
-    q.init_state[index] = 1

@@ -20,47 +20,32 @@ from ..data.calibration import calibration_images
 from .bn_fold import fold_batchnorm
 from .ptq_layers import ACT_PLACEMENTS, convert_to_ptq, set_act_quant
 from .reconstruction import capture, reconstruct_acts, reconstruct_weights, reconstruction_units
+from ..config import section_defaults, section_keys
+from ..errors import InputError
 
 log = logging.getLogger("mpq")
 
-DEFAULTS = {
-    "calib_images": 1024,      # training images
-    "calib_transform": "train",  # train (augmented crops, as BRECQ) | eval
-    "act_placement": "output",   # output (BRECQ: block outputs) | input (each layer's input)
-    "batch_size": 32,          # reconstruction batch, sampled from the cache
-    "iters_w": 20000,          # AdaRound iterations per unit
-    "iters_a": 5000,           # activation-step iterations per unit
-    "lr_w": 1e-3,
-    "lr_a": 4e-4,
-    "round_lambda": 0.01,      # weight of the rounding regulariser
-    "warmup": 0.2,             # fraction of iters_w without the regulariser
-    "beta_range": [20.0, 2.0],
-    "p_a": 2.4,                # Lp norm of the activation stage
-    "act_init_images": 64,     # images for the activation MSE init
-    "weight_grid": "affine",   # affine | signed
-    "loss": "mse",
-}
 CALIB_TRANSFORMS = ("train", "eval")
-# Keys every finetune recipe carries (the config schema fills the QAT defaults in): not PTQ settings.
-IGNORED = ("method", "epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
-           "schedule_per", "warmup_epochs", "min_lr", "label_smoothing", "bn_recalibration_images", "range_init")
 
 
 def ptq_settings(recipe: dict | None) -> dict:
-    """Defaults overlaid with a recipe; unknown keys are errors (they are usually typos)."""
-    recipe = {k: v for k, v in (recipe or {}).items() if k not in IGNORED}
-    unknown = sorted(set(recipe) - set(DEFAULTS))
+    """The PTQ keys of a finetune recipe, the schema's defaults (method ptq) filled in for any not
+    given; the QAT keys every recipe carries are left out, unknown keys are errors (typos)."""
+    recipe = dict(recipe or {})
+    unknown = sorted(set(recipe) - section_keys("finetune.*"))
     if unknown:
-        raise ValueError(f"unknown ptq setting(s) {unknown}; known: {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **recipe}
+        raise InputError(f"unknown ptq setting(s) {unknown}: not a finetune recipe key (config/README.md)")
+    filled = section_defaults("finetune.*", {**recipe, "method": "ptq"})
+    qat_only = section_defaults("finetune.*", {"method": "lsq"})
+    cfg = {k: v for k, v in filled.items() if k not in qat_only}
     for key, choices in (("act_placement", ACT_PLACEMENTS), ("calib_transform", CALIB_TRANSFORMS)):
         if cfg[key] not in choices:
-            raise ValueError(f"ptq {key} {cfg[key]!r} is unknown; use one of {', '.join(choices)}")
+            raise InputError(f"ptq {key} {cfg[key]!r} is unknown; use one of {', '.join(choices)}")
     if cfg["loss"] != "mse":
-        raise ValueError(f"ptq loss {cfg['loss']!r} is not supported; use 'mse' (Fisher weighting is not implemented)")
+        raise InputError(f"ptq loss {cfg['loss']!r} is not supported; use 'mse' (Fisher weighting is not implemented)")
     if int(cfg["calib_images"]) < 1 or int(cfg["batch_size"]) < 1 or int(cfg["iters_w"]) < 0 \
             or int(cfg["iters_a"]) < 0:
-        raise ValueError("ptq calib_images and batch_size must be >= 1, iters_w and iters_a >= 0")
+        raise InputError("ptq calib_images and batch_size must be >= 1, iters_w and iters_a >= 0")
     return cfg
 
 

@@ -21,25 +21,65 @@ from torch import nn
 
 from ..probe import probe_forward
 from .adaround import initial_v, rounding_codes, soft_weight
-from .affine import AffineActQuantizer, affine_codes, affine_quant, grid_max, mse_range
+from .affine import affine_codes, affine_quant
+from .base import Quantizer, int_range, quantized_bits
 from .blocks import find_blocks
-from .convert import _swap, split_layers
+from .convert import replace_module, split_layers
+from .range_init import mse_range
+from ..errors import InputError
 
 ACT_PLACEMENTS = ("output", "input")
 OUTPUT_QUANTIZER = "act_out"          # child name of a module whose output is quantised
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 
 
+def _grid_max(bits: int) -> int:
+    return int_range(bits, signed=False)[1]
+
+
+class AffineActQuantizer(Quantizer):
+    """Per-tensor activation quantiser: learnable step, fixed zero-point, MSE-initialised on its
+    first input. `enabled` is run-time state (off during weight reconstruction), not saved."""
+
+    def __init__(self, bits: int | None):
+        super().__init__()
+        self.bits = quantized_bits(bits)
+        self.delta = nn.Parameter(torch.ones(()))
+        self.register_buffer("zero", torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.enabled = False
+
+    @torch.no_grad()
+    def init_range(self, x: torch.Tensor) -> None:
+        delta, zero = mse_range(x, self.bits, per_channel=False)
+        self.delta.copy_(delta)
+        self.zero.copy_(zero)
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.full_precision:
+            return x
+        if not self.initialized:
+            self.init_range(x)
+        return affine_quant(x, self.delta, self.zero, _grid_max(self.bits))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, enabled={self.enabled}"
+
+
 class _PtqMixin:
+    """Weight quantisation inside the PTQ layer, whose state holds the grid (w_delta, w_zero,
+    w_int). The layer is not a Quantizer (it owns the conv and its float weight) but follows the
+    same bit rules (mpq.quant.base); `w_bits` None is a float weight."""
+
     def _setup(self, out_channels: int, w_bits, a_bits, grid: str, init_ranges: bool, quant_input: bool):
-        self.w_bits = None if w_bits is None or w_bits >= 32 else int(w_bits)
+        self.w_bits = quantized_bits(w_bits)
         shape = (out_channels, *([1] * (self.weight.dim() - 1)))
         self.register_buffer("w_delta", torch.ones(shape, device=self.weight.device))
         self.register_buffer("w_zero", torch.zeros(shape, device=self.weight.device))
         self.register_parameter("rounding", None)   # AdaRound's V while reconstructing
         self.quan_a = AffineActQuantizer(a_bits) if quant_input else None
         if self.w_bits is not None:
-            grid_max(self.w_bits)
             if init_ranges:
                 delta, zero = mse_range(self.weight, self.w_bits, per_channel=True, grid=grid)
                 self.w_delta.copy_(delta.view(shape))
@@ -49,7 +89,7 @@ class _PtqMixin:
     def quantized_weight(self) -> torch.Tensor:
         if self.w_bits is None:
             return self.weight
-        qmax = grid_max(self.w_bits)
+        qmax = _grid_max(self.w_bits)
         if self.rounding is not None:
             return soft_weight(self.weight, self.rounding, self.w_delta, self.w_zero, qmax)
         return affine_quant(self.weight, self.w_delta, self.w_zero, qmax)
@@ -57,7 +97,7 @@ class _PtqMixin:
     @torch.no_grad()
     def weight_codes(self) -> torch.Tensor:
         """Integer codes of the weights (hard rounding while AdaRound is running), float32."""
-        qmax = grid_max(self.w_bits)
+        qmax = _grid_max(self.w_bits)
         if self.rounding is not None:
             return rounding_codes(self.weight, self.rounding, self.w_delta, self.w_zero, qmax, hard=True)
         return affine_codes(self.weight, self.w_delta, self.w_zero, qmax)
@@ -75,7 +115,7 @@ class _PtqMixin:
     @torch.no_grad()
     def finish_rounding(self) -> None:
         """Commit the hard rounding into the weights; they then sit exactly on the grid."""
-        hard = soft_weight(self.weight, self.rounding, self.w_delta, self.w_zero, grid_max(self.w_bits),
+        hard = soft_weight(self.weight, self.rounding, self.w_delta, self.w_zero, _grid_max(self.w_bits),
                            hard=True)
         self.rounding = None
         self.weight.copy_(hard)
@@ -141,7 +181,7 @@ def convert_to_ptq(model: nn.Module, policy, *, grid: str = "affine", init_range
         layer = model.get_submodule(name)
         cls = PtqConv2d if isinstance(layer, nn.Conv2d) else PtqLinear
         new = cls(layer, w, inputs.get(name), grid=grid, init_ranges=init_ranges, quant_input=name in inputs)
-        _swap(model, name, new)
+        replace_module(model, name, new)
     for name, bits in outputs.items():
         attach_output_quantizer(model.get_submodule(name), bits)
     return model
@@ -157,7 +197,7 @@ def act_quantizer_bits(model: nn.Module, policy, act_placement: str = "output") 
     own activation bits (those of its last main conv), the stem's output the stem's fixed a-bits.
     """
     if act_placement not in ACT_PLACEMENTS:
-        raise ValueError(f"ptq act_placement {act_placement!r} is unknown; use one of {', '.join(ACT_PLACEMENTS)}")
+        raise InputError(f"ptq act_placement {act_placement!r} is unknown; use one of {', '.join(ACT_PLACEMENTS)}")
     stem, searchable, classifier = split_layers(model)
     policy.check_model(searchable)
     (_, stem_a), (_, cls_a) = policy.fixed_bits
@@ -170,7 +210,7 @@ def act_quantizer_bits(model: nn.Module, policy, act_placement: str = "output") 
     in_blocks = {n for b in blocks for n in b.layers}
     loose = [n for n in searchable if n not in in_blocks]
     if not chain or loose:
-        raise ValueError(f"ptq act_placement 'output' needs a chain stem -> blocks -> classifier; this model has "
+        raise InputError(f"ptq act_placement 'output' needs a chain stem -> blocks -> classifier; this model has "
                          f"{len(chain)} blocks and layers outside blocks {loose[:3]}: use act_placement: input")
     inputs = {n: a_bits[n] for b in blocks for n in b.main[1:]}
     stem_unit = stem_block.name if stem_block else stem_activation(model, stem, policy.image_size)
@@ -199,7 +239,7 @@ def stem_activation(model: nn.Module, stem: str, image_size: int) -> str:
             return name
         if not isinstance(module, nn.Identity):
             break
-    raise ValueError(f"no activation module runs once right after the stem {stem}; use act_placement: input")
+    raise InputError(f"no activation module runs once right after the stem {stem}; use act_placement: input")
 
 
 def _quantize_output(module: nn.Module, inputs, output):

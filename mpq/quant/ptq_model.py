@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from .. import models
+from ..checkpoint import load_checkpoint, load_state, register_loader, save_checkpoint
 from ..policy import Policy
-from ..train.checkpoint import load_checkpoint, load_state, save_checkpoint
 from .ptq import prepare_ptq_model, ptq_settings
 from .ptq_layers import set_act_quant
 
@@ -26,14 +26,20 @@ def save_ptq_model(path, model: nn.Module, policy: Policy, *, config: dict, metr
                     ptq=ptq_settings(recipe), preprocessing=preprocessing)
 
 
-def load_ptq_model(path) -> tuple[nn.Module, Policy, dict]:
-    """(model ready for evaluation, its policy, the checkpoint dict)."""
-    ckpt = load_checkpoint(path, kind=KIND)
-    policy = Policy.from_dict(ckpt["policy"], source=str(path))
+@register_loader(KIND)
+def ptq_model_from(ckpt: dict, source: str) -> nn.Module:
+    """The PTQ model of a loaded 'ptq' checkpoint, ready for evaluation."""
+    policy = Policy.from_dict(ckpt["policy"], source=source)
     model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
     settings = ckpt.get("ptq", {})
     prepare_ptq_model(model, policy, settings.get("weight_grid", "affine"), init_ranges=False,
                       act_placement=settings.get("act_placement", LEGACY_PLACEMENT))
-    load_state(model, ckpt["state_dict"], str(path))
+    load_state(model, ckpt["state_dict"], source)
     set_act_quant(model, True)
-    return model, policy, ckpt
+    return model
+
+
+def load_ptq_model(path) -> tuple[nn.Module, Policy, dict]:
+    """(model ready for evaluation, its policy, the checkpoint dict)."""
+    ckpt = load_checkpoint(path, kind=KIND)
+    return ptq_model_from(ckpt, str(path)), Policy.from_dict(ckpt["policy"], source=str(path)), ckpt

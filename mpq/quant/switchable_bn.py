@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 
 from torch import nn
+from ..errors import InputError
 
 
 def bn_key(w_bits: int, a_bits: int | None, keyed_by: str) -> str:
@@ -15,7 +16,7 @@ def bn_key(w_bits: int, a_bits: int | None, keyed_by: str) -> str:
         return str(w_bits)
     if keyed_by == "pair":
         return f"{w_bits}_{a_bits}"
-    raise ValueError(f"switchable BN is keyed by 'bit' or 'pair', not {keyed_by!r}")
+    raise InputError(f"switchable BN is keyed by 'bit' or 'pair', not {keyed_by!r}")
 
 
 class SwitchableBatchNorm2d(nn.Module):
@@ -24,13 +25,13 @@ class SwitchableBatchNorm2d(nn.Module):
     def __init__(self, bn: nn.BatchNorm2d, keys: list[str]):
         super().__init__()
         if not keys:
-            raise ValueError("switchable BN needs at least one key")
+            raise InputError("switchable BN needs at least one key")
         self.copies = nn.ModuleDict({k: copy.deepcopy(bn) for k in keys})
         self.active = keys[0]
 
     def set_key(self, key: str) -> None:
         if key not in self.copies:
-            raise ValueError(f"no BN copy for configuration {key!r} (have {list(self.copies)})")
+            raise InputError(f"no BN copy for configuration {key!r} (have {list(self.copies)})")
         self.active = key
 
     @property

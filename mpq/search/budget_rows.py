@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class BudgetRow:
 
 def _floor_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
+        raise InputError(f"{what} must be a finite number, got {value!r}")
     return value if isinstance(value, int) else math.floor(value)  # integer rows: floor is exact
 
 
@@ -39,7 +40,7 @@ def budget_rows(macs: list[int], params: list[int], bitops_budget=None, size_bud
                 avg_w_max=None, avg_a_max=None) -> list[BudgetRow]:
     """The rows a policy must satisfy; at least one of the two budgets is required."""
     if bitops_budget is None and size_budget_bits is None:
-        raise ValueError("the search needs a budget: give bitops_budget (searchable BitOps) and/or "
+        raise InputError("the search needs a budget: give bitops_budget (searchable BitOps) and/or "
                          "size_budget_bits (searchable weight bits)")
     n = len(macs)
     rows = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from ..errors import InputError
 
 _INT_HEADROOM = 2**62  # keeps every partial sum of int64 costs far from overflow
 
@@ -30,12 +31,12 @@ class ChoiceProblem:
     def __post_init__(self):
         n, p = self.objective.shape
         if [len(x) for x in self.labels] != self.exists.sum(axis=1).tolist():
-            raise ValueError("every layer needs its options first and +inf padding after them")
+            raise InputError("every layer needs its options first and +inf padding after them")
         if self.costs.shape != (len(self.rhs), n, p):
-            raise ValueError(f"costs shape {self.costs.shape} does not match {(len(self.rhs), n, p)}")
+            raise InputError(f"costs shape {self.costs.shape} does not match {(len(self.rhs), n, p)}")
         worst = self.costs.max(axis=2).sum(axis=1) if n else np.zeros(len(self.rhs))
         if np.any(worst >= _INT_HEADROOM) or np.any(np.abs(self.rhs) >= _INT_HEADROOM):
-            raise ValueError("budget costs exceed 2**62; they cannot be summed exactly in int64")
+            raise InputError("budget costs exceed 2**62; they cannot be summed exactly in int64")
 
     @property
     def exists(self) -> np.ndarray:

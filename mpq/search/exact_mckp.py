@@ -43,13 +43,14 @@ import bisect
 import numpy as np
 
 from mpq.search.choice_problem import ChoiceProblem
+from ..errors import MachineError
 
 BEAM_WIDTHS = (32, 512)  # a wider beam is tried when the first incumbent leaves too many states
 MAX_STATES = 50_000  # per layer before pruning; beyond it the caller falls back to a MILP
 _SCALES = (0.0, 0.5, 0.8, 0.9, 0.95, 1.05, 1.1, 1.25, 1.5, 2.0)
 
 
-class SearchTooLarge(RuntimeError):
+class SearchTooLarge(MachineError):
     """The state space outgrew MAX_STATES; a MILP solver should take over."""
 
 
@@ -121,7 +122,7 @@ def _multiplier_set(mu: np.ndarray) -> np.ndarray:
     return np.array(out)  # duplicates (e.g. mu * 0 per row) cost little and keep this cheap
 
 
-def _drop_dominated(usage: np.ndarray, value: np.ndarray) -> np.ndarray:
+def undominated_states(usage: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Indices (in a deterministic order) of states no other state dominates."""
     m = usage.shape[1]
     if m == 0:
@@ -201,10 +202,10 @@ def _search(levels: _Levels, rhs: np.ndarray, ub: float, beam: int | None, tol: 
         bound = nv + (levels.bound_rest[k + 1][None, :] - slack @ levels.mus.T).max(axis=1)
         if beam is None:
             sel = np.flatnonzero(bound <= ub + tol)
-            sel = sel[_drop_dominated(nu[sel], nv[sel])]
+            sel = sel[undominated_states(nu[sel], nv[sel])]
         else:
             sel = np.argsort(bound, kind="stable")[: 4 * beam]
-            sel = np.sort(sel[_drop_dominated(nu[sel], nv[sel])])
+            sel = np.sort(sel[undominated_states(nu[sel], nv[sel])])
             sel = sel[np.argsort(bound[sel], kind="stable")[:beam]]
         usage, value = nu[sel], nv[sel]
         parents.append(par[sel])

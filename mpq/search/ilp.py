@@ -28,13 +28,14 @@ import numpy as np
 from mpq.search.budget_rows import BudgetRow, budget_rows
 from mpq.search.choice_problem import ChoiceProblem
 from mpq.search.exact_mckp import SearchTooLarge, solve_mckp
-from mpq.search.greedy_fallback import greedy_downgrade
+from mpq.search.ilp_heuristic import greedy_downgrade
 from mpq.search.pulp_milp import MilpUnavailable, highs_available, solve_milp
+from ..errors import InputError
 
 SOLVERS = ("auto", "exact", "cbc", "highs", "greedy")
 
 
-class InfeasibleBudget(ValueError):
+class InfeasibleBudget(InputError):
     """A budget is below what the lowest allowed bits can reach."""
 
 
@@ -67,26 +68,26 @@ def allowed_bits(ind: dict[int, float], candidates_desc: list[int]) -> list[int]
 def _check_inputs(names, weight_ind, act_ind, macs, params, candidates, alpha):
     n = len(names)
     if n == 0:
-        raise ValueError("the search needs at least one searchable layer")
+        raise InputError("the search needs at least one searchable layer")
     for what, seq in (("weight_ind", weight_ind), ("act_ind", act_ind), ("macs", macs), ("params", params)):
         if len(seq) != n:
-            raise ValueError(f"{what} has {len(seq)} entries but there are {n} layer names")
+            raise InputError(f"{what} has {len(seq)} entries but there are {n} layer names")
     cands = sorted({int(b) for b in candidates}, reverse=True)
     if not cands or cands[-1] <= 0:
-        raise ValueError(f"candidates must be positive bit-widths, got {candidates!r}")
+        raise InputError(f"candidates must be positive bit-widths, got {candidates!r}")
     for kind, table in (("weight", weight_ind), ("act", act_ind)):
         for name, ind in zip(names, table):
             missing = [b for b in cands if b not in ind]
             if missing:
-                raise ValueError(f"{kind} indicator of {name!r} has no value for bits {missing}")
+                raise InputError(f"{kind} indicator of {name!r} has no value for bits {missing}")
             bad = [b for b in cands if not math.isfinite(float(ind[b]))]
             if bad:
-                raise ValueError(f"{kind} indicator of {name!r} is not finite at bits {bad}")
+                raise InputError(f"{kind} indicator of {name!r} is not finite at bits {bad}")
     for what, seq in (("macs", macs), ("params", params)):
         if any(isinstance(v, bool) or int(v) != v or v < 0 for v in seq):
-            raise ValueError(f"{what} must be non-negative integers (exact accounting)")
+            raise InputError(f"{what} must be non-negative integers (exact accounting)")
     if not math.isfinite(float(alpha)):
-        raise ValueError(f"alpha must be finite, got {alpha!r}")
+        raise InputError(f"alpha must be finite, got {alpha!r}")
     return cands
 
 
@@ -171,7 +172,7 @@ def solve_ilp(names, weight_ind: list[dict[int, float]], act_ind: list[dict[int,
     """
     started = time.perf_counter()
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        raise InputError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     names = list(names)
     cands = _check_inputs(names, weight_ind, act_ind, macs, params, candidates, alpha)
     rows = budget_rows([int(v) for v in macs], [int(v) for v in params], bitops_budget, size_budget_bits,
@@ -192,3 +193,29 @@ def solve_ilp(names, weight_ind: list[dict[int, float]], act_ind: list[dict[int,
     objective = sum(float(act_ind[l][a]) + alpha * float(weight_ind[l][w])
                     for l, (w, a) in enumerate(zip(w_bits, a_bits)))
     return IlpResult(w_bits, a_bits, objective, status, label, time.perf_counter() - started, erased)
+
+
+def search_ilp(policy_cfg: dict, cost, candidates, *, importance_path=None, settings: dict | None = None,
+               **_) -> tuple[list[int], list[int], dict]:
+    """The `ilp` search (LIMPQ): the policy's budget, the LIMPQ importance pickle and the `search`
+    settings (alpha, solver, erase_non_monotone; the schema's defaults for any not given)."""
+    from ..config import section_defaults
+    from ..importance_file import read_importance
+    from ..io import sha256_file
+
+    if importance_path is None:
+        raise InputError("search 'ilp' needs an importance file; set the policy's importance")
+    settings = section_defaults("search", {k: v for k, v in (settings or {}).items() if k != "greedy"})
+    imp = read_importance(importance_path, expected_names=cost.names, candidates=list(candidates))
+    budget = cost.searchable_budget(policy_cfg["budget"])
+    avg = policy_cfg.get("avg_bits") or {}
+    res = solve_ilp(cost.names, [imp.weight[n] for n in cost.names], [imp.act[n] for n in cost.names],
+                    cost.macs, cost.params, list(candidates), bitops_budget=budget.bitops,
+                    size_budget_bits=budget.size_bits, alpha=settings["alpha"],
+                    erase_non_monotone=settings["erase_non_monotone"],
+                    avg_w_max=avg.get("w"), avg_a_max=avg.get("a"), solver=settings["solver"])
+    meta = {"method": "ilp", "importance": str(importance_path),
+            "importance_sha256": sha256_file(importance_path), "solver": res.solver,
+            "status": res.status, "objective": round(res.objective, 9), "alpha": settings["alpha"],
+            "erased": [list(e) for e in res.erased], "seconds": round(res.seconds, 6)}
+    return res.w_bits, res.a_bits, meta

@@ -14,9 +14,10 @@ import warnings
 import numpy as np
 
 from mpq.search.choice_problem import ChoiceProblem
+from ..errors import InputError, MachineError
 
 
-class MilpUnavailable(RuntimeError):
+class MilpUnavailable(MachineError):
     """The requested MILP solver is not installed or does not run here."""
 
 
@@ -43,7 +44,7 @@ def _make_solver(pulp, name: str, time_limit: float | None, objective_scale: flo
             warnings.simplefilter("ignore", DeprecationWarning)
             solver = cls(**opts)
     else:
-        raise ValueError(f"unknown MILP solver {name!r}; use 'cbc' or 'highs'")
+        raise InputError(f"unknown MILP solver {name!r}; use 'cbc' or 'highs'")
     if not solver.available():
         raise MilpUnavailable(f"solver {name!r} is not available in this PuLP installation")
     return solver

@@ -10,6 +10,7 @@ from .. import models
 from ..cost import CostModel
 from ..io import atomic_write_text
 from ..policy import Policy
+from ..errors import InputError
 
 
 def cost_model(arch: str, num_classes: int, image_size: int, fixed_bits) -> CostModel:
@@ -30,7 +31,7 @@ def fixed_bits_arg(values) -> tuple:
         return (tuple(values), tuple(values))
     if len(values) == 4:
         return (tuple(values[:2]), tuple(values[2:]))
-    raise ValueError(f"--fixed-bits takes 2 values (W A for stem and classifier) or 4 (stem W A, "
+    raise InputError(f"--fixed-bits takes 2 values (W A for stem and classifier) or 4 (stem W A, "
                      f"classifier W A), got {len(values)}")
 
 
@@ -59,7 +60,7 @@ def need_model_args(args, what: str) -> None:
     missing = [f"--{k.replace('_', '-')}" for k in ("arch", "num_classes", "image_size")
                if getattr(args, k) is None]
     if missing:
-        raise ValueError(f"{what} needs {', '.join(missing)} (the lists do not say which model they are for)")
+        raise InputError(f"{what} needs {', '.join(missing)} (the lists do not say which model they are for)")
 
 
 def totals(policy: Policy, cost: CostModel) -> dict:

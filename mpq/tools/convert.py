@@ -25,6 +25,7 @@ import yaml
 from ..io import read_text_input, yaml_error_where
 from ..policy import FORMAT, Policy, PolicyError
 from .common import add_model_args, cost_model, emit, fixed_bits_arg, need_model_args, policy_cost
+from ..errors import InputError, MissingInput
 
 FORMS = ("policy", "limpq", "rfquant")
 
@@ -95,7 +96,7 @@ def read_form(path, form: str = "auto"):
     path = Path(path)
     source = str(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingInput(f"{path}: file not found")
     text = read_text_input(path, "a policy.yaml or a bit-lists file", usual_name="policy.yaml")
     yaml_error = ""
     try:
@@ -154,7 +155,7 @@ def to_policy(form: str, content, args, source: str, record: int | None = None) 
 def run(args) -> None:
     form, content = read_form(args.input, args.source_form)
     if form == args.to:
-        raise ValueError(f"{args.input} is already in {form} form")
+        raise InputError(f"{args.input} is already in {form} form")
     policy = to_policy(form, content, args, str(args.input), args.record)
     if args.to == "limpq":
         emit(format_limpq(policy), args.out)

@@ -9,13 +9,14 @@ from ..policy import Policy
 from .common import (add_model_args, cost_model, emit, emit_json, fixed_bits_arg, format_totals, need_model_args,
                      policy_cost, totals)
 from .show import format_show
+from ..errors import InputError
 
 
 def _expand(values, n: int, what: str) -> list[int]:
     if len(values) == 1:
         return values * n
     if len(values) != n:
-        raise ValueError(f"{what} has {len(values)} values but the model has {n} searchable layers "
+        raise InputError(f"{what} has {len(values)} values but the model has {n} searchable layers "
                          f"(give one value per layer, or one for all)")
     return values
 
@@ -23,11 +24,11 @@ def _expand(values, n: int, what: str) -> list[int]:
 def policy_from_args(args) -> Policy:
     given = [bool(args.policy), args.uniform is not None, args.w is not None or args.a is not None]
     if sum(given) != 1:
-        raise ValueError("give exactly one of --policy FILE, --uniform W A, or --w ... --a ...")
+        raise InputError("give exactly one of --policy FILE, --uniform W A, or --w ... --a ...")
     if args.policy:
         policy = Policy.load(args.policy)
         if args.arch or args.num_classes or args.image_size:
-            raise ValueError("--policy already names the model; drop --arch/--num-classes/--image-size")
+            raise InputError("--policy already names the model; drop --arch/--num-classes/--image-size")
         return policy
     need_model_args(args, "cost")
     fixed = fixed_bits_arg(args.fixed_bits)
@@ -37,7 +38,7 @@ def policy_from_args(args) -> Policy:
         w, a = [args.uniform[0]] * n, [args.uniform[1]] * n
     else:
         if args.w is None or args.a is None:
-            raise ValueError("--w and --a go together: give both lists")
+            raise InputError("--w and --a go together: give both lists")
         w, a = _expand(args.w, n, "--w"), _expand(args.a, n, "--a")
     return Policy(args.arch, args.num_classes, args.image_size, cost.names, w, a, fixed_bits=fixed)
 

@@ -8,7 +8,7 @@ from torch import nn
 from .. import distributed
 from . import resume
 from .loop import evaluate, train_epoch
-from .optim import WARMUP_LR, build_optimizer, check_schedule_per, lr_factor, set_epoch_lr
+from .optim import build_optimizer, check_schedule_per, lr_factor, set_epoch_lr
 from .progress import EpochProgress
 
 log = logging.getLogger("mpq")
@@ -48,7 +48,7 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
 
     def factor_at(progress_in_epochs: float) -> float:
         return lr_factor(progress_in_epochs, epochs, cfg.get("schedule", "cosine"), cfg.get("warmup_epochs", 0),
-                         min_factor, warmup_factor=cfg.get("warmup_lr", WARMUP_LR) / cfg["lr"],
+                         min_factor, warmup_factor=cfg["warmup_lr"] / cfg["lr"] if cfg.get("warmup_epochs") else 1.0,
                          per_iteration=per_iteration)
 
     with resume.stop_on_signals():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,9 @@ class KdOptions:
             cfg = {"enabled": cfg}
         opts = cls(**cfg)
         if opts.temperature <= 0:
-            raise ValueError(f"kd.temperature must be positive, got {opts.temperature}")
+            raise InputError(f"kd.temperature must be positive, got {opts.temperature}")
         if not 0 <= opts.weight <= 1:
-            raise ValueError(f"kd.weight must lie in [0, 1], got {opts.weight}")
+            raise InputError(f"kd.weight must lie in [0, 1], got {opts.weight}")
         return opts
 
 
@@ -45,7 +46,7 @@ class Distiller:
 
     def __init__(self, options: KdOptions, teacher: nn.Module | None = None, label_smoothing: float = 0.0):
         if options.enabled and teacher is None:
-            raise ValueError("kd is enabled but no teacher model was given")
+            raise InputError("kd is enabled but no teacher model was given")
         self.options, self.label_smoothing = options, label_smoothing
         self.teacher = teacher.eval().requires_grad_(False) if options.enabled else None
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
+from ..errors import InputError, MachineError
 
 log = logging.getLogger("mpq")
 _DDP: dict = {}   # id(model) -> (model, its DistributedDataParallel wrapper), built once
@@ -69,7 +70,7 @@ def _ddp(model: nn.Module, device) -> nn.Module:
     return entry[1]
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(MachineError):
     """Training diverged; the stage stops and keeps its last good checkpoint."""
 
 
@@ -180,7 +181,7 @@ def evaluate(model: nn.Module, loader: Iterable, device) -> dict:
         total, top1, top5, loss_sum = distributed.all_reduce_sum([total, top1, top5, loss_sum])
         total, top1, top5 = int(total), int(top1), int(top5)
     if total == 0:
-        raise ValueError("evaluation set is empty")
+        raise InputError("evaluation set is empty")
     return {"top1": 100.0 * top1 / total, "top5": 100.0 * top5 / total, "loss": loss_sum / total,
             "images": total}
 

@@ -5,6 +5,7 @@ import math
 
 import torch
 from torch import nn
+from ..errors import InputError
 
 
 WEIGHT_DECAY_SCOPES = ("matrices", "all")
@@ -12,7 +13,7 @@ WEIGHT_DECAY_SCOPES = ("matrices", "all")
 
 def check_weight_decay_scope(scope: str) -> str:
     if scope not in WEIGHT_DECAY_SCOPES:
-        raise ValueError(f"weight_decay_scope {scope!r} is unknown; use {' or '.join(WEIGHT_DECAY_SCOPES)}")
+        raise InputError(f"weight_decay_scope {scope!r} is unknown; use {' or '.join(WEIGHT_DECAY_SCOPES)}")
     return scope
 
 
@@ -53,10 +54,9 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"optimizer {name!r} is unknown; use sgd, adam or adamw")
+    raise InputError(f"optimizer {name!r} is unknown; use sgd, adam or adamw")
 
 
-WARMUP_LR = 1e-5   # timm's warmup_lr default, the warm-up start of the LIMPQ and RFQuant recipes
 
 
 SCHEDULE_UNITS = ("epoch", "iteration")
@@ -64,7 +64,7 @@ SCHEDULE_UNITS = ("epoch", "iteration")
 
 def check_schedule_per(unit: str) -> str:
     if unit not in SCHEDULE_UNITS:
-        raise ValueError(f"schedule_per {unit!r} is unknown; use {' or '.join(SCHEDULE_UNITS)}")
+        raise InputError(f"schedule_per {unit!r} is unknown; use {' or '.join(SCHEDULE_UNITS)}")
     return unit
 
 
@@ -97,7 +97,7 @@ def lr_factor(epoch: float, epochs: int, schedule: str = "cosine", warmup: float
         # 1 - 1/E and the last epoch at 0 (docs/methods/n2uq.md).
         t = min(1.0, (epoch + (0 if per_iteration else 1)) / max(1, epochs))
         return min_factor + (1 - min_factor) * (1 - t)
-    raise ValueError(f"schedule {schedule!r} is unknown; use cosine, linear or constant")
+    raise InputError(f"schedule {schedule!r} is unknown; use cosine, linear or constant")
 
 
 def set_epoch_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_failure
+from ..checkpoint import load_failure
+from ..errors import InputError
 
 log = logging.getLogger("mpq")
 
@@ -32,7 +33,7 @@ HINT = ("set pretrain.weights to a torchvision weights name like ResNet18_Weight
         "or to the path of a .pth state dict")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(InputError):
     """Weights that cannot be found, fetched or loaded; the message is one line."""
 
 

@@ -13,32 +13,17 @@ import logging
 import torch
 from torch import nn
 
-from ..quant.lsq import LsqQuantizer
-from ..quant.n2uq import LtqQuantizer
-from ..quant.oscillation import OscillationControl, OscillationOptions, mse_range_init, oscillation_stats
+from ..quant.base import Quantizer
+from ..quant.oscillation import OscillationControl, OscillationOptions, oscillation_stats
+from ..quant.range_init import init_act_steps, mse_range_init
 from .kd import Distiller, KdOptions
 from .loop import active_batchnorms, batches_for, evaluate, recalibrate_bn
 from .fp32 import train_model
 from .optim import WEIGHT_DECAY_SCOPES, build_optimizer
+from ..config import section_defaults
+from ..errors import InputError
 
 log = logging.getLogger("mpq")
-
-QUANTIZER_TYPES = (LsqQuantizer, LtqQuantizer)
-
-
-@torch.no_grad()
-def init_act_steps(model: nn.Module, x: torch.Tensor) -> None:
-    """One training-mode forward so every activation quantizer sets its lazy initial step.
-
-    BN layers are kept in eval mode so their running statistics are not touched. Gradients are
-    off, so oscillation trackers do not count it as a training iteration.
-    """
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    model(x)
-    model.eval()
 
 
 @torch.no_grad()
@@ -80,7 +65,7 @@ def reestimate_bn_batch_mean(model: nn.Module, loader, device, num_batches: int)
 
 def quantizer_parameters(model: nn.Module) -> set[int]:
     """ids of the parameters owned by quantizers (LSQ steps, LTQ thresholds and scales)."""
-    return {id(p) for m in model.modules() if isinstance(m, QUANTIZER_TYPES) for p in m.parameters()}
+    return {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
 
 
 class _Params:
@@ -138,17 +123,14 @@ def _recipe_choice(recipe: dict, key: str, auto: str, allowed: tuple[str, ...]) 
     if choice == "auto":
         return auto
     if choice not in allowed:
-        raise ValueError(f"{key} {choice!r} is unknown; use auto, {', '.join(allowed)}")
+        raise InputError(f"{key} {choice!r} is unknown; use auto, {', '.join(allowed)}")
     return choice
 
 
-RANGE_INIT_DEFAULT = "mse"   # the schema's default too: the best start the library has (issue 14)
-
-
 def _range_init(recipe: dict, oscillation: OscillationOptions) -> str:
-    """The recipe's range init; absent: MSE. `auto` keeps the old rule (MSE for the oscillation
+    """The recipe's range init (schema default mse); `auto` keeps the old rule (MSE for the oscillation
     recipes, whose reference uses it; the LSQ rule otherwise)."""
-    return _recipe_choice({"range_init": RANGE_INIT_DEFAULT, **recipe}, "range_init",
+    return _recipe_choice(section_defaults("finetune.*", recipe), "range_init",
                           "mse" if oscillation.mode != "none" else "lsq", ("mse", "lsq"))
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mpq import models
+from mpq.checkpoint import save_checkpoint
 from mpq.cost import CostModel
-from mpq.importance.pickle_io import Importance, write_importance
+from mpq.importance_file import Importance, write_importance
 from mpq.policy import Policy
-from mpq.train import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = {"name": "digits", "image_size": 16, "batch_size": 128}

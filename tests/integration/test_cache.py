@@ -9,15 +9,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = {
-    "experiment": "tiny",
-    "seed": 0,
-    "device": "cpu",
-    "dataset": {"name": "digits", "image_size": 16, "batch_size": 128},
-    "model": {"arch": "resnet8", "num_classes": 10},
-    "pretrain": {"epochs": 1, "lr": 0.1},
-    "policies": {"uniform-w4a4": {"search": "uniform", "bits": [4, 4], "finetune": "none"}},
-}
+CONFIG = yaml.safe_load((REPO / ".test/config-cache/config.yaml").read_text())
 TARGET = "results/tiny/pretrain/model.pt"
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from mpq import models
-from mpq.importance.limpq import (build_indicator_model, clip_and_drop_zero_gradients, indicator_step,
-                                  sampler_for_step)
-from mpq.importance.rfquant import RFQUANT_DEFAULTS, clip_gradients, supernet_step
-from mpq.importance.supernet import build_supernet, init_supernet_act_steps
+from mpq.data.seeding import sampler_for_step
+from mpq.limpq.indicators import build_indicator_model, clip_and_drop_zero_gradients, indicator_step
 from mpq.quant import set_uniform_bits
-from mpq.train.qat import init_act_steps
+from mpq.quant.range_init import init_act_steps
+from mpq.rfquant.supernet import build_supernet, init_supernet_act_steps
+from mpq.rfquant.training import clip_gradients, rfquant_config, supernet_step
 from mpq.train.loop import train_epoch
 
 # fork: the ranks inherit this process's imports (spawn would import torch and torchvision anew).
@@ -58,7 +58,7 @@ def limpq_step(m, x, y):
 
 
 def rfquant_step(state):
-    cfg = {**RFQUANT_DEFAULTS, "random_paths": 2}
+    cfg = rfquant_config({"random_paths": 2})
     return lambda m, x, y: supernet_step(m, x, y, state, sampler_for_step(0, 0), cfg)
 
 

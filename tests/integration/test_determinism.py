@@ -9,7 +9,7 @@ import pytest
 
 from mpq import models
 from mpq.cost import CostModel
-from mpq.importance.pickle_io import Importance, write_importance
+from mpq.importance_file import Importance, write_importance
 
 REPO = Path(__file__).resolve().parents[2]
 QUANT = {"candidates": [6, 5, 4, 3, 2], "fixed_layers": {"first": [8, 8], "last": [8, 8]}}

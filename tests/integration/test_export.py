@@ -9,6 +9,7 @@ import torch
 
 from mpq import models
 from mpq.build import quantize_for_policy, quantized_model
+from mpq.checkpoint import save_checkpoint
 from mpq.cli import main
 from mpq.cost import CostModel
 from mpq.data import build_data, make_loader
@@ -16,7 +17,7 @@ from mpq.export import dequantized_weights, onnx_session, read_export
 from mpq.export.npz import codes_of
 from mpq.policy import Policy
 from mpq.stage_common import preprocessing_of
-from mpq.train import evaluate, save_checkpoint
+from mpq.train import evaluate
 from mpq.train.fp32 import pretrain
 from mpq.train.qat import finetune
 

@@ -1,13 +1,17 @@
 """The workflow end to end on the embedded digits dataset (tiny epochs), plus dry-run rerun rules."""
 import csv
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tiny_workflow import QUANTIZED, REPO, TINY, planned_jobs, snakemake, write_config
+from tiny_workflow import QUANTIZED, REPO, TINY, job_counts, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -103,10 +107,61 @@ def test_changing_only_a_policys_finetune_reruns_its_finetune_not_its_search(fin
     jobs = planned_jobs(workdir)
     assert jobs == {"finetune": 1, "evaluate": 1, "summarize": 1, "all": 1}, jobs
     plan = snakemake(workdir, "-n").stdout
-    outputs = [ln.split(":", 1)[1].strip().removesuffix(" (update)") for ln in plan.splitlines()
-               if ln.strip().startswith("output:")]
+    outputs = [out.removesuffix(" (update)") for ln in plan.splitlines() if ln.strip().startswith("output:")
+               for out in ln.split(":", 1)[1].strip().split(", ")]
     assert "results/tiny/policies/limpq-w3a3/model.pt" in outputs
     assert not [o for o in outputs if "policy.yaml" in o], outputs
+
+
+def checkout_copy(where: Path, edit=None) -> Path:
+    """The workflow as a fresh clone elsewhere would have it: every tracked file copied with a new
+    mtime, optionally one file edited (`edit`: path -> function of its text)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in tracked.split():
+        if name.startswith(("workflow/", "stages/", "profiles/")) or name == "Snakefile":
+            (where / name).parent.mkdir(parents=True, exist_ok=True)
+            text = (REPO / name).read_text()
+            (where / name).write_text(edit[name](text) if edit and name in edit else text)
+    return where
+
+
+def dry_run(snakefile_dir: Path, workdir: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(snakefile_dir / "Snakefile"), "--directory",
+                           str(workdir), "--cores", "2", "-n"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_a_project_moved_elsewhere_with_a_fresh_clone_reruns_nothing(finished_run, tmp_path):
+    """Snakemake records no path of this machine (interpreter, scripts): results copied to another
+    directory, run by a clone in a third one (new mtimes on every script), plan nothing."""
+    moved = tmp_path / "scratch" / "deeper" / "project"
+    shutil.copytree(finished_run, moved, symlinks=True)
+    clone = checkout_copy(tmp_path / "clone")
+    plan = dry_run(clone, moved)
+    assert "Nothing to be done" in plan, plan[-3000:]
+
+
+def test_changing_a_default_in_the_schema_reruns_exactly_its_rules(finished_run, tmp_path):
+    """Defaults live in the schema and the specs carry them: a new default of the supernet's
+    gradient clip (a key the tiny config does not set) reruns the supernet and what reads it."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    schema = "workflow/schemas/config.schema.yaml"
+    old = "grad_clip: {type: number, exclusiveMinimum: 0, default: 1.0"
+    assert old in (REPO / schema).read_text() and "grad_clip" not in TINY["importance"]["rfquant"]
+    clone = checkout_copy(tmp_path / "clone", {schema: lambda text: text.replace(old, old.replace("1.0", "2.0"))})
+    assert job_counts(dry_run(clone, workdir)) == {"train_supernet": 1, "search": 1, "plot_policy": 1, "subnet": 1,
+                                                   "evaluate": 1, "summarize": 1, "all": 1}
+
+
+def test_lint_finds_only_kinds_config_readme_explains():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "MPQ_SKIP_MACHINE_CHECKS": "1"})
+    kinds = set(re.findall(r"^\s+\* (.+?):$", proc.stdout + proc.stderr, re.M))
+    explained = (REPO / "config/README.md").read_text().split("## Snakemake's lint", 1)[1]
+    assert kinds, proc.stdout[-2000:] + proc.stderr[-2000:]   # the lint ran
+    assert [k for k in kinds if f"**{k}**" not in explained] == []
 
 
 def test_a_yaml_syntax_error_in_the_config_names_file_and_line(tmp_path):

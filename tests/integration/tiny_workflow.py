@@ -12,33 +12,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
-TINY = {
-    "experiment": "tiny",
-    "seed": 0,
-    "device": "cpu",
-    "dataset": {"name": "digits", "image_size": 16, "batch_size": 128},
-    "model": {"arch": "resnet8", "num_classes": 10},
-    "pretrain": {"epochs": 6, "lr": 0.1},
-    "quant": {"candidates": [6, 5, 4, 3, 2]},
-    "importance": {"limpq": {"epochs": 1, "fixed_layers_during_indicators": "fp"},
-                   "rfquant": {"epochs": 1, "warmup_epochs": 0, "ema_decay": 0.5, "bn_calibration_images": 256,
-                               "sched_start": 0, "sched_period": 1},
-                   "ompq": {"samples": 16}},
-    "search": {"greedy": {"batch_size": 64}},
-    "policies": {
-        "uniform-w4a4": {"search": "uniform", "bits": [4, 4], "finetune": "lsq"},
-        "limpq-w3a3": {"search": "ilp", "importance": "limpq", "budget": {"bitops": "w3a3"}, "finetune": "lsq"},
-        "limpq-size": {"search": "ilp", "importance": "limpq", "budget": {"size_mb": 0.022}, "finetune": "lsq"},
-        "rfquant-w4a4": {"search": "greedy", "importance": "rfquant", "budget": {"bitops": "w4a4"},
-                         "finetune": "none"},
-        "ompq-ptq": {"search": "ompq", "importance": "ompq", "mode": "ptq", "budget": {"size_mb": 0.0274},
-                     "finetune": "ptq"},
-        "w3a3-dampen": {"search": "uniform", "bits": [3, 3], "finetune": "lsq-dampen"},
-    },
-    "finetune": {"lsq": {"epochs": 1, "lr": 0.01, "bn_recalibration_images": 512},
-                 "lsq-dampen": {"epochs": 1, "lr": 0.01, "bn_recalibration_images": 512, "oscillation": "dampen"},
-                 "ptq": {"method": "ptq", "calib_images": 64, "iters_w": 10, "iters_a": 5}},
-}
+TINY = yaml.safe_load((REPO / ".test/config-tiny/config.yaml").read_text())
 QUANTIZED = ("uniform-w4a4", "limpq-w3a3", "limpq-size", "rfquant-w4a4", "ompq-ptq", "w3a3-dampen")
 
 
@@ -57,7 +31,11 @@ def write_config(workdir: Path, cfg: dict) -> None:
 
 def planned_jobs(workdir: Path) -> dict:
     """Rule -> job count of a dry run."""
-    out = snakemake(workdir, "-n").stdout
+    return job_counts(snakemake(workdir, "-n").stdout)
+
+
+def job_counts(out: str) -> dict:
+    """Rule -> job count of a dry run's output."""
     counts = {}
     table = out.split("Job stats:", 1)[1] if "Job stats:" in out else ""
     for line in table.splitlines():

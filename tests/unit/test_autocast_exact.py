@@ -229,7 +229,7 @@ def test_falls_back_to_fake_quant_without_codes():
 def test_eager_fused_codes_match_autograd_codes():
     """The codes Function against the plain graph lsq_codes_ste(x, scale_grad(s, g)), and both
     against the closed form: s * codes has the LSQ gradients (the scale is used detached)."""
-    from mpq.quant.lsq import lsq_codes_fused, lsq_codes_ste, scale_grad
+    from mpq.quant.lsq_kernels import lsq_codes_fused, lsq_codes_ste, scale_grad
 
     torch.manual_seed(5)
     qn, qp = int_range(3, True)

@@ -8,9 +8,9 @@ from mpq.build import quantize_for_policy
 from mpq.data import build_data
 from mpq.data.seeding import generator
 from mpq.data.splits import fraction_subset
-from mpq.importance.rfquant import RFQUANT_DEFAULTS, rfquant_config, supernet_training_split
 from mpq.policy import Policy
 from mpq.quant import split_layers
+from mpq.rfquant.training import rfquant_config, supernet_training_split
 from mpq.train.qat import finetune
 
 TRAIN_SIZE = 256
@@ -77,7 +77,7 @@ def test_a_finetune_epoch_at_half_the_data_runs_half_the_steps_and_bn_still_sees
 
 
 def test_supernet_trains_on_a_share_of_what_the_holdout_leaves(data):
-    assert RFQUANT_DEFAULTS["data_fraction"] == 1.0
+    assert rfquant_config({})["data_fraction"] == 1.0
     whole, none = supernet_training_split(data.train, rfquant_config({}), batch_size=16, seed=0)
     assert whole is data.train and none is None
     cfg = rfquant_config({"holdout_fraction": 0.25, "data_fraction": 0.5})

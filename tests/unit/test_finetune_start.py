@@ -11,6 +11,7 @@ from mpq.build import quantize_for_policy
 from mpq.data import DataBundle, make_loader
 from mpq.data.tensor_dataset import TensorImageDataset
 from mpq.policy import Policy
+from mpq.quant import range_init
 from mpq.quant.convert import split_layers
 from mpq.report import COLUMNS, below_start_policies, start_comparison, summary_table
 from mpq.train import evaluate
@@ -85,7 +86,7 @@ def test_measuring_the_start_leaves_the_model_and_the_global_generator_alone():
     plain_test = torch.utils.data.TensorDataset(*data.test.batch(torch.arange(len(data.test))))
     data = DataBundle(data.train, plain_test, 10, 16, data.mean, data.std)
     model = _quantized_resnet8(RECIPE)
-    qat.init_act_steps(model, next(iter(make_loader(data.train, 16, train=True)))[0])
+    range_init.init_act_steps(model, next(iter(make_loader(data.train, 16, train=True)))[0])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(5)
     rng = torch.get_rng_state()

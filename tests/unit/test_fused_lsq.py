@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mpq.quant import LsqQuantizer, int_range, lsq_fake_quant, scale_grad
-from mpq.quant import lsq
-from mpq.quant.lsq import lsq_fake_quant_fused
+from mpq.quant import lsq_kernels as lsq
+from mpq.quant.lsq_kernels import lsq_fake_quant_fused
 
 
 def _run(fn, x, step):
@@ -154,7 +154,7 @@ def test_scale_grad_keeps_the_exact_value():
 def test_compiled_codes_match_the_codes_graph(monkeypatch, per_channel):
     """The compiled code-domain kernels (CUDA's path, generated for CPU here) against the plain
     graph lsq_codes_ste: same codes, same gradients, for a bf16 input."""
-    from mpq.quant.lsq import lsq_codes_fused, lsq_codes_ste
+    from mpq.quant.lsq_kernels import lsq_codes_fused, lsq_codes_ste
 
     monkeypatch.setattr(lsq, "_use_compiled", lambda x: True)
     torch.manual_seed(2)

@@ -8,8 +8,8 @@ import torch
 from mpq import models
 from mpq.cost import CostModel
 from mpq.data import build_data, make_loader
-from mpq.importance.supernet import build_supernet, init_supernet_act_steps, save_supernet
-from mpq.search.greedy import bidirectional_greedy, greedy_policy, uniform_bit_for
+from mpq.rfquant.greedy_search import bidirectional_greedy, greedy_policy, uniform_bit_for
+from mpq.rfquant.supernet import build_supernet, init_supernet_act_steps, save_supernet
 
 FULL = [6, 5, 4, 3, 2]
 
@@ -193,9 +193,9 @@ def test_a_long_phase_logs_progress_lines(cost, monkeypatch, caplog):
     """Each step scores ~40 forwards: a slow search says where it is (BitOps against the target)."""
     import logging
 
-    from mpq.search import greedy
+    from mpq.rfquant import greedy_search
 
-    monkeypatch.setattr(greedy, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(greedy_search, "PROGRESS_EVERY_S", 0.0)
     limit = cost.searchable_budget({"bitops": "w3a3"}).total_bitops
     with caplog.at_level(logging.INFO, logger="mpq"):
         [res] = run(cost, [limit])

@@ -141,7 +141,7 @@ def test_state_dominance_filter(rows):
     rng = np.random.default_rng(rows)
     usage = rng.integers(0, 6, size=(400, rows))
     value = rng.integers(0, 6, size=400).astype(float)
-    kept = exact_mckp._drop_dominated(usage, value)
+    kept = exact_mckp.undominated_states(usage, value)
     dominates = lambda i, j: np.all(usage[i] <= usage[j]) and value[i] <= value[j]  # noqa: E731
     kept_set = set(kept.tolist())
     assert len(kept_set) == len(kept)
@@ -286,7 +286,7 @@ def golden_inputs():
         pytest.skip("../shared/data is absent")
     import mpq.models
     from mpq.cost import CostModel
-    from mpq.importance.pickle_io import read_importance
+    from mpq.importance_file import read_importance
 
     def build(quirk):
         cost = CostModel.from_model(mpq.models.create("resnet50", num_classes=1000), 224, float_hw_quirk=quirk)

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from mpq import models
-from mpq.importance.limpq import (build_indicator_model, clip_and_drop_zero_gradients, extract_indicators,
-                                  indicator_step, sampler_for_step)
-from mpq.importance.pickle_io import read_importance, write_importance
+from mpq.data.seeding import sampler_for_step
+from mpq.importance_file import read_importance, write_importance
+from mpq.limpq.indicators import (build_indicator_model, clip_and_drop_zero_gradients, extract_indicators,
+                                  indicator_step)
 from mpq.quant import searchable_layers
 
 CANDS = [6, 5, 4, 3, 2]

@@ -61,7 +61,7 @@ def test_register_adds_a_model_and_rejects_duplicates():
         with pytest.raises(ValueError, match="already registered"):
             mpq.models.register("tiny_test_model")(tiny)
     finally:
-        registry._BUILDERS.pop("tiny_test_model")
+        registry.unregister("tiny_test_model")
 
 
 def test_bad_num_classes():

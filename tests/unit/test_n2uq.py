@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 import mpq.models
-from mpq.build import load_state, quantize_for_policy
+from mpq.build import quantize_for_policy
+from mpq.checkpoint import load_state
 from mpq.models.rprelu import RPReLU, RPReLUBlock
 from mpq.policy import Policy
 from mpq.quant import convert_model, set_policy_bits
@@ -13,7 +14,8 @@ from mpq.quant.layers import QuantConv2d
 from mpq.quant.lsq import LsqQuantizer
 from mpq.quant.n2uq import (L1WeightQuantizer, LtqQuantizer, l1_weight_quant, ltq_surrogate,
                             use_n2uq_quantizers)
-from mpq.train.qat import build_finetune_optimizer, init_act_steps
+from mpq.quant.range_init import init_act_steps
+from mpq.train.qat import build_finetune_optimizer
 
 
 def _random_ltq(bits, seed):

@@ -15,16 +15,16 @@ import torch
 from scipy.optimize import linprog
 
 from mpq import models
+from mpq.checkpoint import save_checkpoint
 from mpq.cost import CostModel
-from mpq.importance.cka import centered_gram, linear_cka, orm_matrix
-from mpq.importance.ompq import (compute_ompq_importance, importance_theta, read_ompq_importance,
-                                 to_builtins, unit_gammas, write_ompq_importance)
-from mpq.importance.ompq_units import ompq_units
-from mpq.importance.pickle_io import UntrustedPickleError
-from mpq.search.ompq_lp import (Row, fractional_knapsack, layer_bits, lp_coefficients, ompq_policy, round_bits,
-                                solve_lp)
-from mpq.search.ompq_search import search_ompq
-from mpq.train import save_checkpoint
+from mpq.importance_file import UntrustedPickleError
+from mpq.ompq.cka import centered_gram, linear_cka, orm_matrix
+from mpq.ompq.lp import (Row, fractional_knapsack, layer_bits, lp_coefficients, ompq_policy, round_bits,
+                         solve_lp)
+from mpq.ompq.orthogonality import (compute_ompq_importance, importance_theta, read_ompq_importance,
+                                    to_builtins, unit_gammas, write_ompq_importance)
+from mpq.ompq.search import search_ompq
+from mpq.ompq.units import ompq_units
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -232,8 +232,12 @@ def test_importance_stage_writes_the_file(tmp_path):
     model = models.create("resnet8", num_classes=10)
     save_checkpoint(tmp_path / "fp32.pt", state_dict=model.state_dict(), arch="resnet8", num_classes=10,
                     kind="fp32", config={})
-    spec = {"seed": 0, "device": "cpu", "dataset": {"name": "digits", "image_size": 16, "batch_size": 64},
-            "model": {"arch": "resnet8", "num_classes": 10}, "ompq": {"samples": 16}}
+    from mpq.config import section_defaults
+
+    spec = {"seed": 0, "device": "cpu",
+            "dataset": section_defaults("dataset", {"name": "digits", "image_size": 16, "batch_size": 64}),
+            "model": {"arch": "resnet8", "num_classes": 10},
+            "ompq": section_defaults("importance.ompq", {"samples": 16})}
     out = tmp_path / "importance.pkl"
     run_stage_in_process("ompq_importance", "--spec", json.dumps(spec), "--threads", "1",
                          "--fp32", str(tmp_path / "fp32.pt"), "--out", str(out))
@@ -326,7 +330,8 @@ def test_ompq_policy_respects_the_budget_and_scales_with_theta(resnet8_importanc
 
 def test_ptq_mode_searches_the_stem_and_classifier_bits(resnet8_importance):
     _, _, _, path, cost = resnet8_importance
-    w, _, meta = search_ompq({"budget": {"size_mb": 0.02}, "mode": "ptq"}, cost, path, {"beta": 10.0})
+    w, _, meta = search_ompq({"budget": {"size_mb": 0.02}, "mode": "ptq"}, cost, importance_path=path,
+                              settings={"beta": 10.0})
     (stem_w, stem_a), (fc_w, fc_a) = meta["fixed_bits"]
     assert 2 <= stem_w <= 4 and 2 <= fc_w <= 4 and (stem_a, fc_a) == (8, 8)
     real = CostModel.from_model(models.create("resnet8", num_classes=10), 16, fixed_bits=meta["fixed_bits"])

@@ -10,7 +10,8 @@ from mpq.build import quantize_for_policy
 from mpq.policy import Policy
 from mpq.quant.convert import split_layers
 from mpq.train.optim import build_optimizer, lr_factor, param_groups
-from mpq.train.qat import build_finetune_optimizer, init_act_steps
+from mpq.quant.range_init import init_act_steps
+from mpq.train.qat import build_finetune_optimizer
 
 
 # ------------------------------------------------------------------------------ lr schedule

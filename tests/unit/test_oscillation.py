@@ -7,8 +7,9 @@ from torch import nn
 
 from mpq.quant import LsqQuantizer, QuantConv2d, convert_model, int_range, set_uniform_bits
 from mpq.quant.oscillation import (OscillationControl, OscillationOptions, OscillationTracker,
-                                   TrackedLsqQuantizer, cosine_anneal, dampening_loss, mse_range_init,
-                                   mse_step, oscillation_stats, track_oscillations)
+                                   TrackedLsqQuantizer, cosine_anneal, dampening_loss, oscillation_stats,
+                                   track_oscillations)
+from mpq.quant.range_init import mse_range_init, mse_step
 from mpq.train.loop import recalibrate_bn
 from mpq.train.qat import reestimate_bn_batch_mean
 

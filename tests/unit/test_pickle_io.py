@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mpq.importance.pickle_io import (
+from mpq.importance_file import (
     Importance,
     UntrustedPickleError,
     load_untrusted_pickle,

@@ -10,18 +10,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpq import models
+from mpq.checkpoint import save_checkpoint
 from mpq.data import build_data, make_loader
 from mpq.data.calibration import calibration_images
 from mpq.policy import Policy
 from mpq.quant.adaround import annealed_beta, initial_v, rectified_sigmoid, rounding_codes, soft_weight
-from mpq.quant.affine import AffineActQuantizer, affine_codes, affine_quant, mse_range
+from mpq.quant.affine import affine_codes, affine_quant
 from mpq.quant.bn_fold import fold_batchnorm
 from mpq.quant.convert import split_layers
 from mpq.quant.ptq import calibration_set, prepare_ptq_model, ptq_quantize, ptq_settings
-from mpq.quant.ptq_layers import PtqConv2d, act_quantizer_bits, act_quantizers, ptq_layers, set_act_quant
+from mpq.quant.ptq_layers import (AffineActQuantizer, PtqConv2d, act_quantizer_bits, act_quantizers, ptq_layers,
+                                  set_act_quant)
 from mpq.quant.ptq_model import load_ptq_model, save_ptq_model
+from mpq.quant.range_init import mse_range
 from mpq.quant.reconstruction import capture, reconstruct_acts, reconstruct_weights, reconstruction_units
-from mpq.train import evaluate, save_checkpoint
+from mpq.train import evaluate
 from mpq.train.fp32 import pretrain
 from test_ompq import run_stage_in_process
 

@@ -247,3 +247,68 @@ def test_fc_scale_trick_reaches_the_classifier_from_the_recipe():
     assert on.get_submodule(on.mpq_fixed[1]).fc_scale_trick
     assert not off.get_submodule(off.mpq_fixed[1]).fc_scale_trick
     assert sum(getattr(m, "fc_scale_trick", False) for m in on.modules()) == 1
+
+
+# --- the shared Quantizer base ----------------------------------------------------------------
+def _quantizer_classes():
+    """Every nn.Module class named *Quantizer defined in an mpq.quant module."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mpq.quant
+
+    found = {}
+    for info in pkgutil.iter_modules(mpq.quant.__path__):
+        module = importlib.import_module(f"mpq.quant.{info.name}")
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and name.endswith("Quantizer") and issubclass(cls, nn.Module):
+                found[f"{module.__name__}.{name}"] = cls
+    return found
+
+
+def test_every_quantizer_class_derives_from_the_base():
+    from mpq.quant import Quantizer
+
+    classes = _quantizer_classes()
+    assert {"mpq.quant.lsq.LsqQuantizer", "mpq.quant.n2uq.LtqQuantizer", "mpq.quant.n2uq.L1WeightQuantizer",
+            "mpq.quant.ptq_layers.AffineActQuantizer", "mpq.quant.oscillation.TrackedLsqQuantizer"} <= set(classes)
+    assert [n for n, cls in classes.items() if not issubclass(cls, Quantizer)] == []
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_int_range_is_the_formula(bits):
+    assert int_range(bits, signed=False) == (0, 2**bits - 1)
+    assert int_range(bits, signed=True) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    assert int_range(bits, signed=True, symmetric=True) == (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+
+
+@pytest.mark.parametrize("bits", [1, 9, 16])
+def test_every_quantizer_refuses_an_unsupported_bit_width_with_one_message(bits):
+    from mpq.quant.n2uq import L1WeightQuantizer, LtqQuantizer
+    from mpq.quant.ptq_layers import AffineActQuantizer, PtqConv2d, PtqLinear
+
+    expected = f"bit-width {bits} is not supported; use 2..8 (None or 32 for full precision)"
+    builders = {
+        "lsq weight": lambda: LsqQuantizer([bits], "weight", signed=True),
+        "lsq act": lambda: LsqQuantizer([4, bits], "act", signed=False),
+        "ltq": lambda: LtqQuantizer(bits),
+        "l1 weight": lambda: L1WeightQuantizer(bits),
+        "affine act": lambda: AffineActQuantizer(bits),
+        "ptq conv": lambda: PtqConv2d(nn.Conv2d(2, 3, 1), bits, 8),
+        "ptq linear": lambda: PtqLinear(nn.Linear(2, 3), bits, 8),
+        "int_range": lambda: int_range(bits, signed=True),
+    }
+    switches = {
+        "lsq set_bits": LsqQuantizer([4], "weight", signed=True),
+        "ltq set_bits": LtqQuantizer(4),
+        "l1 set_bits": L1WeightQuantizer(4),
+        "affine set_bits": AffineActQuantizer(4),
+    }
+    builders.update({name: (lambda q=q: q.set_bits(bits)) for name, q in switches.items()})
+    messages = {}
+    for name, build in builders.items():
+        with pytest.raises(ValueError) as err:
+            build()
+        messages[name] = str(err.value)
+    assert messages == dict.fromkeys(builders, expected)

@@ -10,18 +10,19 @@ from torch import nn
 
 from mpq import models
 from mpq.build import quantized_model
+from mpq.checkpoint import save_checkpoint
 from mpq.data import build_data, make_loader, split_holdout
-from mpq.importance.bit_scheduler import freeze_ratio, freeze_turbulent, is_event, turbulence
-from mpq.importance.ema import EmaModel
-from mpq.importance.rfquant import RFQUANT_DEFAULTS, clip_gradients, rfquant_config, supernet_step, train_supernet
-from mpq.importance.rfquant_export import export_subnet, quant_config_for_export
-from mpq.importance.rfquant_losses import AlignPoint, IdmTap, min_bit_layers, qe_term, qe_weight
-from mpq.importance.supernet import (CandidateState, build_supernet, calibrate_bn, init_supernet_act_steps,
-                                     layer_candidates, load_supernet, sample_subnet, save_supernet,
-                                     subnet_accuracy)
 from mpq.policy import Policy
 from mpq.quant import LsqQuantizer, QuantConv2d, set_policy_bits
-from mpq.train import evaluate, save_checkpoint
+from mpq.rfquant.bit_scheduler import freeze_ratio, freeze_turbulent, is_event, turbulence
+from mpq.rfquant.ema import EmaModel
+from mpq.rfquant.losses import AlignPoint, IdmTap, min_bit_layers, qe_term, qe_weight
+from mpq.rfquant.subnet import export_subnet, quant_config_for_export
+from mpq.rfquant.supernet import (CandidateState, build_supernet, calibrate_bn, init_supernet_act_steps,
+                                  layer_candidates, load_supernet, sample_subnet, save_supernet,
+                                  subnet_accuracy)
+from mpq.rfquant.training import clip_gradients, rfquant_config, supernet_step, train_supernet
+from mpq.train import evaluate
 from mpq.train.fp32 import pretrain
 
 FULL = [6, 5, 4, 3, 2]
@@ -232,7 +233,7 @@ def test_one_step_accumulates_gradients_that_are_clipped_afterwards(digits):
     model.train()
     tap = IdmTap(model)
     loss, logits = supernet_step(model, x, y, state, torch.Generator().manual_seed(0),
-                                 {**RFQUANT_DEFAULTS, "arwd": 0.0}, tap=tap, qe_lambda=0.05)
+                                 rfquant_config({"arwd": 0.0}), tap=tap, qe_lambda=0.05)
     tap.close()
     assert torch.isfinite(loss) and logits.shape == (32, 10)
     raw = [p.grad.clone() for p in model.parameters() if p.grad is not None]
@@ -306,20 +307,16 @@ def test_exported_subnet_matches_the_supernet_and_loads_as_a_quantized_checkpoin
     assert evaluate(reloaded, loader, "cpu")["top1"] == pytest.approx(evaluate(exported, loader, "cpu")["top1"])
 
 
-def test_schema_defaults_equal_the_library_defaults():
-    """Where the config schema states a default of importance.rfquant or search.greedy, it is the
-    library's (one value for each fact), e.g. holdout_fraction 0: train on every training image."""
-    import yaml
+def test_every_rfquant_and_greedy_key_has_its_default_in_the_schema():
+    """The schema is the one place of the defaults (the reference's values): every key of
+    importance.rfquant and search.greedy has one there, and the library fills in exactly those."""
+    from mpq.config import load_schema
+    from mpq.rfquant.greedy_search import greedy_settings
 
-    from mpq.search.greedy import GREEDY_DEFAULTS
-
-    schema = yaml.safe_load((Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml").read_text())
-    props = schema["properties"]
-    sections = [(props["importance"]["properties"]["rfquant"]["properties"], RFQUANT_DEFAULTS),
-                (props["search"]["properties"]["greedy"]["properties"], GREEDY_DEFAULTS)]
-    for keys, library in sections:
-        assert set(keys) == set(library)
-        for key, spec in keys.items():
-            if "default" in spec:
-                assert spec["default"] == library[key], key
-    assert RFQUANT_DEFAULTS["holdout_fraction"] == 0.0 and RFQUANT_DEFAULTS["idm_target"] == "activation"
+    props = load_schema()["properties"]
+    for section, filled in ((props["importance"]["properties"]["rfquant"], rfquant_config({})),
+                            (props["search"]["properties"]["greedy"], greedy_settings({}))):
+        assert {k: v["default"] for k, v in section["properties"].items()} == filled
+    reference = rfquant_config({})
+    assert reference["epochs"] == 150 and reference["ema_decay"] == 0.9997 and reference["holdout_fraction"] == 0.0
+    assert reference["idm_target"] == "activation" and greedy_settings({})["start_bits"] == 5

@@ -1,5 +1,6 @@
 # All Python of the workflow: config validation, per-rule specs (exactly the config sections that
 # affect each output, so params changes rerun precisely), input functions and target lists.
+import hashlib
 import json
 import re
 import sys
@@ -8,11 +9,12 @@ from pathlib import Path
 import yaml
 
 from mpq.config import ConfigError, validate_config
+from mpq.ompq.search import ompq_settings
 from mpq.preflight import preflight
+from mpq.registry import IMPORTANCE_RULES, SEARCH_METHODS, model_rule
 
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 STAGES = WORKFLOW_DIR.parent / "stages"
-PY = sys.executable
 
 try:
     _validated = validate_config(config, yaml.safe_load((WORKFLOW_DIR / "schemas/config.schema.yaml").read_text()))
@@ -27,14 +29,37 @@ config.update(_validated)
 
 RES = f"results/{config['experiment']}"
 POLICIES = config["policies"]
+NO_POLICY = "(?!x)x"   # a regular expression that matches nothing: a rule no policy goes to
 
 
-wildcard_constraints:
-    policy="|".join(re.escape(p) for p in POLICIES),
+class MachineLocal:
+    """A shell value that names this machine's files (the Python interpreter, a stage script).
+    Snakemake records only the params it can represent (builtins), so a project moved to another
+    directory, a new clone or another venv reruns nothing; what the script says is recorded by its
+    digest (`stage_code`)."""
+
+    def __init__(self, value):
+        self.value = str(value)
+
+    def __str__(self):
+        return self.value
+
+    def __format__(self, spec):
+        return format(self.value, spec)
+
+
+PY = MachineLocal(sys.executable)
 
 
 def stage(name):
-    return str(STAGES / f"{name}.py")
+    """The stage script, as a shell value that is not recorded (see MachineLocal)."""
+    return MachineLocal(STAGES / f"{name}.py")
+
+
+def stage_code(name):
+    """Digest of the stage script, recorded as a param: editing the script reruns its rule, moving
+    it (or touching it, as a fresh clone does) does not."""
+    return hashlib.sha256((STAGES / f"{name}.py").read_bytes()).hexdigest()[:16]
 
 
 def as_json(obj):
@@ -65,7 +90,7 @@ def launcher(rule_name):
     more than one GPU, plain Python otherwise. Resources are not params, so changing them reruns nothing."""
     gpus = res(rule_name, "gpu")
     if gpus > 1:
-        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
+        return MachineLocal(f"{PY} -m torch.distributed.run --standalone --nproc_per_node={gpus}")
     return PY
 
 
@@ -79,7 +104,20 @@ def res(rule_name, key):
     return DEFAULT_RESOURCES[rule_name][key]
 
 
-LAUNCH = {name: launcher(name) for name in ("pretrain", "train_indicators", "train_supernet", "finetune")}
+def threads_of(rule_name):
+    return res(rule_name, "threads")
+
+
+def resources_of(rule_name):
+    """The `resources:` of a rule: gpu (training rules only), mem_mb, runtime."""
+    keys = ("gpu", "mem_mb", "runtime") if rule_name in TRAINING_RULES else ("mem_mb", "runtime")
+    return {key: res(rule_name, key) for key in keys}
+
+
+def stage_params(rule_name, launch=False):
+    """The params of every stage's rule: how to start it (not recorded) and its code digest."""
+    return {"run": MachineLocal(f"{launcher(rule_name) if launch else PY} {stage(rule_name)}"),
+            "code": stage_code(rule_name)}
 
 
 # --- per-rule specs ----------------------------------------------------------------------------
@@ -122,11 +160,12 @@ def search_spec(wildcards):
     if method == "ilp":
         spec["search"] = {**{k: v for k, v in config["search"].items() if k != "greedy"},
                           **{k: policy[k] for k in ("alpha", "solver") if k in policy}}
-    elif method == "greedy":   # scores candidates on training batches: needs the data
-        spec.update(base_spec())
+    elif method == "greedy":
         spec["search"] = config["search"]["greedy"]
     elif method == "ompq":
-        spec["search"] = {k: v for k, v in config["importance"]["ompq"].items() if k not in OMPQ_FEATURE_KEYS}
+        spec["search"] = ompq_settings(config["importance"]["ompq"], policy)
+    if SEARCH_METHODS[method].needs_data:   # scores candidates on training batches
+        spec.update(base_spec())
     return as_json(spec)
 
 
@@ -144,12 +183,11 @@ def supernet_spec():
 
 def recipe_of(policy_name):
     """(name, recipe dict) of a policy's finetune; 'none' means no training at all."""
-    name = POLICIES[policy_name].get("finetune", "none")
+    name = POLICIES[policy_name]["finetune"]
     if name == "none":
         recipe = {"method": "none", "epochs": 0}
-        rfquant = config["importance"]["rfquant"]
-        if POLICIES[policy_name].get("importance") == "rfquant" and "bn_calibration_images" in rfquant:
-            recipe["bn_recalibration_images"] = rfquant["bn_calibration_images"]   # the subnet's BN
+        if POLICIES[policy_name].get("importance") == "rfquant":   # the subnet's BN re-estimation
+            recipe["bn_recalibration_images"] = config["importance"]["rfquant"]["bn_calibration_images"]
         return name, recipe
     return name, config["finetune"][name]
 
@@ -166,18 +204,15 @@ def evaluate_spec(wildcards):
 
 
 def finetune_rule_of(policy_name):
-    """Which rule makes a policy's model.pt: `subnet` (RFQuant, no retraining: weights from the
+    """Who makes a policy's model.pt - `subnet` (RFQuant, no retraining: weights from the
     supernet), `ptq` (calibration only) or `finetune` (QAT; epochs 0 = quantize and calibrate)."""
-    method = recipe_of(policy_name)[1].get("method", "lsq")
-    if method == "none" and POLICIES[policy_name].get("importance") == "rfquant":
-        return "subnet"
-    return "ptq" if method == "ptq" else "finetune"
+    return model_rule(recipe_of(policy_name)[1]["method"], POLICIES[policy_name].get("importance"))
 
 
 def policies_made_by(rule_name):
     """Wildcard constraint naming exactly the policies whose model.pt `rule_name` makes."""
     names = [p for p in POLICIES if finetune_rule_of(p) == rule_name]
-    return "|".join(re.escape(p) for p in names) if names else "(?!x)x"
+    return "|".join(re.escape(p) for p in names) if names else NO_POLICY
 
 
 # --- inputs and targets ------------------------------------------------------------------------
@@ -186,7 +221,7 @@ IMPORTANCE_FILES = {"limpq": f"{RES}/limpq/importance.pkl", "ompq": f"{RES}/ompq
 
 
 def search_inputs(wildcards):
-    inputs = {"script": stage("search")}
+    inputs = {}
     method = POLICIES[wildcards.policy].get("importance")
     if POLICIES[wildcards.policy]["search"] != "uniform" and method:
         inputs["importance"] = IMPORTANCE_FILES[method]
@@ -195,6 +230,27 @@ def search_inputs(wildcards):
 
 def importance_arg(wildcards, input):
     return f"--importance {input.importance}" if "importance" in input.keys() else ""
+
+
+def timing_file(rule_name):
+    """Where a stage writes its wall time (a benchmark TSV): benchmarks/<rule>.tsv for the shared
+    stages, benchmarks/<search|finetune|evaluate>/<policy>.tsv per policy (finetune, ptq and
+    subnet write the same one: they make the same model). Rules whose model is update()-flagged
+    flag it too, so a failed job keeps the old time with the old model (keep.smk)."""
+    group = {"ptq": "finetune", "subnet": "finetune"}.get(rule_name, rule_name)
+    if group in ("search", "finetune", "evaluate"):
+        return f"{RES}/benchmarks/{group}/{{policy}}.tsv"
+    return f"{RES}/benchmarks/{rule_name}.tsv"
+
+
+def timing_files():
+    """Every wall time the summary reports: the shared stages this config runs and each policy's."""
+    shared = ["pretrain"]
+    for name, pol in POLICIES.items():
+        if pol["search"] != "uniform" and pol.get("importance"):
+            shared += [r for r in IMPORTANCE_RULES[pol["importance"]] if r not in shared]
+    per_policy = [expand(timing_file(r), policy=list(POLICIES)) for r in ("search", "finetune", "evaluate")]
+    return [timing_file(r) for r in shared] + [f for files in per_policy for f in files]
 
 
 def policy_metrics():

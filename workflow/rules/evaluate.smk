@@ -1,48 +1,45 @@
 rule evaluate:
     input:
-        script=stage("evaluate"),
         model=f"{RES}/policies/{{policy}}/model.pt",
     output:
-        f"{RES}/policies/{{policy}}/metrics.json",
+        metrics=f"{RES}/policies/{{policy}}/metrics.json",
+        timing=timing_file("evaluate"),
     params:
+        **stage_params("evaluate"),
         spec=evaluate_spec,
-    benchmark:
-        f"{RES}/benchmarks/evaluate/{{policy}}.tsv"
     log:
         f"{RES}/logs/evaluate/{{policy}}.log",
-    threads: res("evaluate", "threads")
+    threads: threads_of("evaluate")
     resources:
-        gpu=res("evaluate", "gpu"),
-        mem_mb=res("evaluate", "mem_mb"),
-        runtime=res("evaluate", "runtime"),
+        **resources_of("evaluate"),
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --model {input.model} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --model {input.model} --out {output.metrics} > {log} 2>&1"
 
 
 rule plot_policy:
     input:
-        script=stage("plot_policy"),
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
     output:
         png=report(f"{RES}/policies/{{policy}}/bits.png", caption="../report/bits.rst", category="Policies",
                    subcategory="{policy}"),
         svg=f"{RES}/policies/{{policy}}/bits.svg",
+    params:
+        **stage_params("plot_policy"),
     log:
         f"{RES}/logs/plot_policy/{{policy}}.log",
-    threads: res("plot_policy", "threads")
+    threads: threads_of("plot_policy")
     resources:
-        mem_mb=res("plot_policy", "mem_mb"),
-        runtime=res("plot_policy", "runtime"),
+        **resources_of("plot_policy"),
     shell:
-        "{PY} {input.script} --policy {input.policy} --out-stem {RES}/policies/{wildcards.policy}/bits > {log} 2>&1"
+        "{params.run} --policy {input.policy} --png {output.png} --svg {output.svg} > {log} 2>&1"
 
 
 rule summarize:
     input:
-        script=stage("summarize"),
         fp32=f"{RES}/pretrain/metrics.json",
         metrics=policy_metrics(),
+        timings=timing_files(),
     output:
         csv=report(f"{RES}/summary.csv", caption="../report/summary.rst", category="Summary"),
         bitops_png=report(f"{RES}/figures/top1_vs_bitops.png", caption="../report/front.rst", category="Summary"),
@@ -50,15 +47,14 @@ rule summarize:
         bitops_svg=f"{RES}/figures/top1_vs_bitops.svg",
         size_svg=f"{RES}/figures/top1_vs_size.svg",
     params:
-        benchmarks=f"{RES}/benchmarks",
+        **stage_params("summarize"),
         experiment=config["experiment"],
     log:
         f"{RES}/logs/summarize.log",
-    threads: res("summarize", "threads")
+    threads: threads_of("summarize")
     resources:
-        mem_mb=res("summarize", "mem_mb"),
-        runtime=res("summarize", "runtime"),
+        **resources_of("summarize"),
     shell:
-        "{PY} {input.script} --fp32-metrics {input.fp32} --metrics {input.metrics}"
-        " --benchmarks $(find {params.benchmarks} -name '*.tsv' 2>/dev/null | sort)"
-        " --experiment {params.experiment} --out {output.csv} --figures {RES}/figures > {log} 2>&1"
+        "{params.run} --fp32-metrics {input.fp32} --metrics {input.metrics} --benchmarks {input.timings}"
+        " --experiment {params.experiment} --out {output.csv} --bitops-figure {output.bitops_png} {output.bitops_svg}"
+        " --size-figure {output.size_png} {output.size_svg} > {log} 2>&1"

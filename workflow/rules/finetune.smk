@@ -4,74 +4,65 @@
 
 rule finetune:
     input:
-        script=stage("finetune"),
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        update(f"{RES}/policies/{{policy}}/model.pt"),
+        model=update(f"{RES}/policies/{{policy}}/model.pt"),
+        timing=update(timing_file("finetune")),
     wildcard_constraints:
         policy=policies_made_by("finetune"),
     params:
+        **stage_params("finetune", launch=True),
         spec=finetune_spec,
-    benchmark:
-        f"{RES}/benchmarks/finetune/{{policy}}.tsv"
     log:
         f"{RES}/logs/finetune/{{policy}}.log",
-    threads: res("finetune", "threads")
+    threads: threads_of("finetune")
     resources:
-        gpu=res("finetune", "gpu"),
-        mem_mb=res("finetune", "mem_mb"),
-        runtime=res("finetune", "runtime"),
+        **resources_of("finetune"),
     shell:
-        "{LAUNCH[finetune]} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --policy {input.policy} --fp32 {input.fp32} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --policy {input.policy} --fp32 {input.fp32} --out {output.model} > {log} 2>&1"
 
 
 rule ptq:
     input:
-        script=stage("ptq"),
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        update(f"{RES}/policies/{{policy}}/model.pt"),
+        model=update(f"{RES}/policies/{{policy}}/model.pt"),
+        timing=update(timing_file("ptq")),
     wildcard_constraints:
         policy=policies_made_by("ptq"),
     params:
+        **stage_params("ptq"),
         spec=finetune_spec,
-    benchmark:
-        f"{RES}/benchmarks/finetune/{{policy}}.tsv"
     log:
         f"{RES}/logs/ptq/{{policy}}.log",
-    threads: res("ptq", "threads")
+    threads: threads_of("ptq")
     resources:
-        gpu=res("ptq", "gpu"),
-        mem_mb=res("ptq", "mem_mb"),
-        runtime=res("ptq", "runtime"),
+        **resources_of("ptq"),
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --policy {input.policy} --fp32 {input.fp32} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --policy {input.policy} --fp32 {input.fp32} --out {output.model} > {log} 2>&1"
 
 
 rule subnet:
     input:
-        script=stage("subnet"),
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
         supernet=f"{RES}/rfquant/supernet.pt",
     output:
-        update(f"{RES}/policies/{{policy}}/model.pt"),
+        model=update(f"{RES}/policies/{{policy}}/model.pt"),
+        timing=update(timing_file("subnet")),
     wildcard_constraints:
         policy=policies_made_by("subnet"),
     params:
+        **stage_params("subnet"),
         spec=finetune_spec,
-    benchmark:
-        f"{RES}/benchmarks/finetune/{{policy}}.tsv"
     log:
         f"{RES}/logs/subnet/{{policy}}.log",
-    threads: res("subnet", "threads")
+    threads: threads_of("subnet")
     resources:
-        gpu=res("subnet", "gpu"),
-        mem_mb=res("subnet", "mem_mb"),
-        runtime=res("subnet", "runtime"),
+        **resources_of("subnet"),
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --policy {input.policy} --supernet {input.supernet} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --policy {input.policy} --supernet {input.supernet} --out {output.model} > {log} 2>&1"

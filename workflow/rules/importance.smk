@@ -1,84 +1,77 @@
 rule train_indicators:
     input:
-        script=stage("train_indicators"),
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        update(f"{RES}/limpq/indicators.pt"),
+        indicators=update(f"{RES}/limpq/indicators.pt"),
+        timing=update(timing_file("train_indicators")),
     params:
+        **stage_params("train_indicators", launch=True),
         spec=indicators_spec(),
     log:
         f"{RES}/logs/train_indicators.log",
-    threads: res("train_indicators", "threads")
+    threads: threads_of("train_indicators")
     resources:
-        gpu=res("train_indicators", "gpu"),
-        mem_mb=res("train_indicators", "mem_mb"),
-        runtime=res("train_indicators", "runtime"),
+        **resources_of("train_indicators"),
     cache: "omit-software"
     shell:
-        "{LAUNCH[train_indicators]} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --timing-out {RES}/benchmarks/train_indicators.tsv --fp32 {input.fp32} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --fp32 {input.fp32} --out {output.indicators} > {log} 2>&1"
 
 
 rule extract_importance:
     input:
-        script=stage("extract_importance"),
         indicators=f"{RES}/limpq/indicators.pt",
     output:
         pkl=f"{RES}/limpq/importance.pkl",
         meta=f"{RES}/limpq/importance.json",
+        timing=timing_file("extract_importance"),
     params:
+        **stage_params("extract_importance"),
         spec=extract_spec(),
-    benchmark:
-        f"{RES}/benchmarks/extract_importance.tsv"
     log:
         f"{RES}/logs/extract_importance.log",
-    threads: res("extract_importance", "threads")
+    threads: threads_of("extract_importance")
     resources:
-        mem_mb=res("extract_importance", "mem_mb"),
-        runtime=res("extract_importance", "runtime"),
+        **resources_of("extract_importance"),
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --indicators {input.indicators} --out {output.pkl} --meta-out {output.meta} > {log} 2>&1"
 
 
 rule train_supernet:
     input:
-        script=stage("train_supernet"),
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        update(f"{RES}/rfquant/supernet.pt"),
+        supernet=update(f"{RES}/rfquant/supernet.pt"),
+        timing=update(timing_file("train_supernet")),
     params:
+        **stage_params("train_supernet", launch=True),
         spec=supernet_spec(),
     log:
         f"{RES}/logs/train_supernet.log",
-    threads: res("train_supernet", "threads")
+    threads: threads_of("train_supernet")
     resources:
-        gpu=res("train_supernet", "gpu"),
-        mem_mb=res("train_supernet", "mem_mb"),
-        runtime=res("train_supernet", "runtime"),
+        **resources_of("train_supernet"),
     cache: "omit-software"
     shell:
-        "{LAUNCH[train_supernet]} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --timing-out {RES}/benchmarks/train_supernet.tsv --fp32 {input.fp32} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --fp32 {input.fp32} --out {output.supernet} > {log} 2>&1"
 
 
 rule ompq_importance:
     input:
-        script=stage("ompq_importance"),
         fp32=f"{RES}/pretrain/model.pt",
     output:
-        f"{RES}/ompq/importance.pkl",
+        pkl=f"{RES}/ompq/importance.pkl",
+        timing=timing_file("ompq_importance"),
     params:
+        **stage_params("ompq_importance"),
         spec=ompq_spec(),
-    benchmark:
-        f"{RES}/benchmarks/ompq_importance.tsv"
     log:
         f"{RES}/logs/ompq_importance.log",
-    threads: res("ompq_importance", "threads")
+    threads: threads_of("ompq_importance")
     resources:
-        gpu=res("ompq_importance", "gpu"),
-        mem_mb=res("ompq_importance", "mem_mb"),
-        runtime=res("ompq_importance", "runtime"),
+        **resources_of("ompq_importance"),
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --fp32 {input.fp32} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --fp32 {input.fp32} --out {output.pkl} > {log} 2>&1"

@@ -1,20 +1,17 @@
 rule pretrain:
-    input:
-        script=stage("pretrain"),
     output:
         model=update(f"{RES}/pretrain/model.pt"),
         metrics=update(f"{RES}/pretrain/metrics.json"),
+        timing=update(timing_file("pretrain")),
     params:
+        **stage_params("pretrain", launch=True),
         spec=pretrain_spec(),
     log:
         f"{RES}/logs/pretrain.log",
-    threads: res("pretrain", "threads")
+    threads: threads_of("pretrain")
     resources:
-        gpu=res("pretrain", "gpu"),
-        mem_mb=res("pretrain", "mem_mb"),
-        runtime=res("pretrain", "runtime"),
+        **resources_of("pretrain"),
     cache: "omit-software"
     shell:
-        "{LAUNCH[pretrain]} {input.script} --spec {params.spec:q} --threads {threads}"
-        " --timing-out {RES}/benchmarks/pretrain.tsv --model-out {output.model} --metrics-out {output.metrics}"
-        " > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " --model-out {output.model} --metrics-out {output.metrics} > {log} 2>&1"

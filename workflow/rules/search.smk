@@ -2,18 +2,17 @@ rule search:
     input:
         unpack(search_inputs),
     output:
-        f"{RES}/policies/{{policy}}/policy.yaml",
+        policy=f"{RES}/policies/{{policy}}/policy.yaml",
+        timing=timing_file("search"),
     params:
+        **stage_params("search"),
         spec=search_spec,
         importance=importance_arg,
-    benchmark:
-        f"{RES}/benchmarks/search/{{policy}}.tsv"
     log:
         f"{RES}/logs/search/{{policy}}.log",
-    threads: res("search", "threads")
+    threads: threads_of("search")
     resources:
-        mem_mb=res("search", "mem_mb"),
-        runtime=res("search", "runtime"),
+        **resources_of("search"),
     shell:
-        "{PY} {input.script} --spec {params.spec:q} --threads {threads}"
-        " {params.importance} --out {output} > {log} 2>&1"
+        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        " {params.importance} --out {output.policy} > {log} 2>&1"

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..probe import probe_forward
 from ..quant import QuantConv2d, SwitchableBatchNorm2d, searchable_layers
+from ..errors import InputError
 
 IDM_TARGETS = ("activation", "bn_output")
 # Activations that follow a BN in the zoo's blocks (in place in the reference's models).
@@ -65,7 +66,7 @@ def idm_alignment_points(model: nn.Module, bn_of: dict[str, str], image_size: in
     'bn_output': the BN output itself (pre-activation), as the paper describes the hook.
     """
     if target not in IDM_TARGETS:
-        raise ValueError(f"importance.rfquant.idm_target must be one of {IDM_TARGETS}, not {target!r}")
+        raise InputError(f"importance.rfquant.idm_target must be one of {IDM_TARGETS}, not {target!r}")
     if target == "bn_output":
         return {layer: AlignPoint(bn) for layer, bn in bn_of.items()}
     modules = dict(model.named_modules())

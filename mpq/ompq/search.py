@@ -4,33 +4,35 @@ Settings come from the config's OMPQ section; a policy may override any of POLIC
 """
 from __future__ import annotations
 
+from ..config import section_defaults
 from ..io import sha256_file
+from ..errors import InputError
 
-DEFAULTS = {"mode": "qat", "beta": 1.0, "bits": None, "act_bits": 8, "solver": "exact",
-            "count_bn_params": False}
 POLICY_KEYS = ("mode", "beta", "bits", "act_bits", "solver", "count_bn_params")
-DEFAULT_BITS = {"qat": (4, 8), "ptq": (2, 4)}
+# The reference's weight-bit range [b_min, b_max] of each mode, where neither config nor policy gives one.
+REFERENCE_BITS = {"qat": (4, 8), "ptq": (2, 4)}
 
 
-def ompq_settings(settings: dict | None, policy_cfg: dict) -> dict:
-    """Defaults, then the OMPQ config section, then the policy's own overrides."""
-    merged = {**DEFAULTS, **{k: v for k, v in (settings or {}).items() if k in DEFAULTS}}
+def ompq_settings(section: dict | None, policy_cfg: dict) -> dict:
+    """The search keys of the config's importance.ompq section (schema defaults for any not given),
+    overridden by the policy's own, with the bit range resolved: what the search spec carries."""
+    merged = {k: v for k, v in section_defaults("importance.ompq", section).items() if k in POLICY_KEYS}
     merged.update({k: policy_cfg[k] for k in POLICY_KEYS if k in policy_cfg})
-    bits = merged["bits"] or DEFAULT_BITS.get(merged["mode"], (4, 8))
+    bits = merged.get("bits") or REFERENCE_BITS[merged["mode"]]
     if len(bits) != 2:
-        raise ValueError(f"ompq bits must be [lo, hi], got {bits!r}")
+        raise InputError(f"ompq bits must be [lo, hi], got {bits!r}")
     merged["bits"] = [int(bits[0]), int(bits[1])]
     return merged
 
 
-def search_ompq(policy_cfg: dict, cost, importance_path, settings: dict | None = None
-                ) -> tuple[list[int], list[int], dict]:
+def search_ompq(policy_cfg: dict, cost, candidates=None, *, importance_path=None, settings: dict | None = None,
+                **_) -> tuple[list[int], list[int], dict]:
     """(w_bits, a_bits, meta); meta['fixed_bits'] holds the stem/classifier bits to record."""
-    from ..importance.ompq import read_ompq_importance
-    from .ompq_lp import ompq_policy
+    from .lp import ompq_policy
+    from .orthogonality import read_ompq_importance
 
     if importance_path is None:
-        raise ValueError("search 'ompq' needs the OMPQ importance file; set the policy's importance: ompq")
+        raise InputError("search 'ompq' needs the OMPQ importance file; set the policy's importance: ompq")
     s = ompq_settings(settings, policy_cfg)
     imp = read_ompq_importance(importance_path, cost, s["mode"])
     theta = imp.theta(s["beta"])

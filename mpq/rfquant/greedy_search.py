@@ -21,12 +21,11 @@ from ..cost import CostModel
 # A phase running longer than this logs a progress line, as a long training epoch does (a step
 # scores every legal move on one batch: about 40 forwards for ResNet-20, seconds on a CPU).
 from ..train.loop import PROGRESS_EVERY_S
+from ..config import section_defaults, section_keys
+from ..errors import InputError
 
 log = logging.getLogger("mpq")
 
-# The spec's settings; every key is a config key of search.greedy.
-GREEDY_DEFAULTS = {"start_bits": 5, "min_bits": 2, "batch_size": 256, "augment": False, "max_steps": None,
-                   "err_weight": 1.5, "phase1_margin": 0.95}
 _SCORING_STREAM = 3   # keeps the scoring order apart from other seeded streams
 
 
@@ -127,7 +126,7 @@ class _Search:
             if not any(m.new < m.old for m in moves):
                 if not hard:
                     break
-                raise ValueError(f"greedy search cannot reach {target / 1e9:.6g} GBitOps: every layer's "
+                raise InputError(f"greedy search cannot reach {target / 1e9:.6g} GBitOps: every layer's "
                                  f"activation bits are at their floor (min_bits or the frozen candidates); "
                                  f"raise the budget or lower search.greedy.min_bits")
             move = self.best(moves)
@@ -178,7 +177,7 @@ def scoring_batches(dataset, batch_size: int, seed: int, augment: bool, device="
     from ..data import make_loader
     from ..data.seeding import generator
     from ..data.splits import take
-    from ..importance.supernet import calibration_batches
+    from .supernet import calibration_batches
 
     if augment:
         yield from calibration_batches(dataset, batch_size, seed, device=device)
@@ -200,24 +199,31 @@ def batch_error(model: nn.Module, w_bits, a_bits, batch) -> float:
     return (model(x).argmax(1) != y).float().mean().item()
 
 
+def greedy_settings(settings: dict | None) -> dict:
+    """search.greedy with the schema's defaults (the reference's) for any key not given; unknown
+    keys are an error (typos)."""
+    unknown = sorted(set(settings or {}) - section_keys("search.greedy"))
+    if unknown:
+        raise InputError(f"search.greedy: unknown key(s) {unknown}; known: "
+                         f"{', '.join(sorted(section_keys('search.greedy')))}")
+    return section_defaults("search.greedy", settings)
+
+
 def greedy_policy(policy_cfg: dict, cost: CostModel, supernet_path, data, settings: dict | None, seed: int,
                   device) -> tuple[list[int], list[int], dict]:
     """Search one policy's BitOps budget on the supernet; returns (w_bits, a_bits, metadata)."""
     from ..data import split_holdout
-    from ..importance.supernet import load_supernet
+    from .supernet import load_supernet
     from ..io import sha256_file
 
-    unknown = sorted(set(settings or {}) - set(GREEDY_DEFAULTS))
-    if unknown:
-        raise ValueError(f"search.greedy: unknown key(s) {unknown}; known: {', '.join(GREEDY_DEFAULTS)}")
-    cfg = {**GREEDY_DEFAULTS, **(settings or {})}
+    cfg = greedy_settings(settings)
     budget = cost.searchable_budget(policy_cfg.get("budget") or {})
     if budget.total_bitops is None or budget.size_bits is not None:
-        raise ValueError("search 'greedy' takes a BitOps budget only (budget.bitops 'wXaY' or budget.bitops_g)")
+        raise InputError("search 'greedy' takes a BitOps budget only (budget.bitops 'wXaY' or budget.bitops_g)")
     t0 = time.perf_counter()
     model, state, ckpt = load_supernet(supernet_path)
     if state.names != list(cost.names):
-        raise ValueError(f"{supernet_path}: supernet layers differ from the model's; rerun train_supernet")
+        raise InputError(f"{supernet_path}: supernet layers differ from the model's; rerun train_supernet")
     model.to(device)
     holdout = ckpt["holdout"]
     scored = data.train
@@ -236,3 +242,13 @@ def greedy_policy(policy_cfg: dict, cost: CostModel, supernet_path, data, settin
             "held_steps": result.held,
             "moves": [str(m) for m in result.moves], "seconds": round(time.perf_counter() - t0, 6)}
     return result.w_bits, result.a_bits, meta
+
+
+def search_greedy(policy_cfg: dict, cost: CostModel, candidates=None, *, importance_path=None, settings=None,
+                  data=None, device="cpu", seed=None, **_) -> tuple[list[int], list[int], dict]:
+    """The `greedy` search (RFQuant): the policy's BitOps budget on the supernet at importance_path,
+    scoring candidates on `data`'s training images."""
+    if importance_path is None or data is None:
+        raise InputError("search 'greedy' needs the RFQuant supernet and the training data; "
+                         "set the policy's importance: rfquant")
+    return greedy_policy(policy_cfg, cost, importance_path, data, settings, int(seed or 0), device)

@@ -9,6 +9,7 @@ import copy
 
 import torch
 from torch import nn
+from ..errors import InputError
 
 
 class EmaModel:
@@ -16,7 +17,7 @@ class EmaModel:
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
+            raise InputError(f"ema_decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():

@@ -34,8 +34,9 @@ from ..io import atomic_write_bytes
 from ..probe import check_bn_mode, probe_forward
 from ..quant.convert import conv_bn_pairs
 from .cka import centered_gram, orm_matrix
-from .ompq_units import check_mode, ompq_units
-from .pickle_io import load_untrusted_pickle
+from .units import check_mode, ompq_units
+from ..importance_file import load_untrusted_pickle
+from ..errors import InputError
 
 KEYS = ("unit_name", "unit_layers", "unit_params", "unit_bn_params", "orm", "gamma", "mode", "samples")
 OPTIONAL_KEYS = ("unit_bn_params",)   # files from other producers may lack it
@@ -79,7 +80,7 @@ def importance_theta(gamma, beta: float) -> np.ndarray:
     """theta_i = exp(-beta * (gamma_i - min gamma)); the shift (the LP ignores a common factor)
     keeps the largest theta at 1 where exp(-beta * gamma) would underflow."""
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"ompq beta must be a finite number >= 0, got {beta!r}")
+        raise InputError(f"ompq beta must be a finite number >= 0, got {beta!r}")
     gamma = np.asarray(gamma, dtype=np.float64)
     return np.exp(-float(beta) * (gamma - gamma.min()))
 
@@ -101,7 +102,7 @@ def compute_ompq_importance(model: nn.Module, images: torch.Tensor, mode: str = 
     check_bn_mode(bn_mode)
     units = ompq_units(model, check_mode(mode))
     if images.shape[0] < 2:
-        raise ValueError(f"OMPQ needs at least 2 images to compare features, got {images.shape[0]}")
+        raise InputError(f"OMPQ needs at least 2 images to compare features, got {images.shape[0]}")
     grams: dict[str, torch.Tensor] = {}
 
     def record(unit, tensor):
@@ -146,7 +147,7 @@ def write_ompq_importance(path, imp: OmpqImportance) -> None:
 
 
 def _fail(path, what: str) -> None:
-    raise ValueError(f"{path}: {what}; recompute it with the ompq_importance stage")
+    raise InputError(f"{path}: {what}; recompute it with the ompq_importance stage")
 
 
 def _count(value, path, where, minimum) -> int:
@@ -219,14 +220,14 @@ def check_against_model(imp: OmpqImportance, cost, path="importance.pkl") -> Non
     if sorted(covered) != sorted(order):
         extra = sorted(set(covered) - set(order))[:3]
         absent = sorted(set(order) - set(covered))[:3]
-        raise ValueError(f"{path}: units do not cover this model's {imp.mode}-mode layers once each "
+        raise InputError(f"{path}: units do not cover this model's {imp.mode}-mode layers once each "
                          f"(missing {absent}, unexpected {extra}); use the file computed for this model")
     firsts = [min(order.index(n) for n in imp.unit_layers[u]) for u in imp.units]
     if firsts != sorted(firsts):
-        raise ValueError(f"{path}: units are not in network order; recompute the importance file")
+        raise InputError(f"{path}: units are not in network order; recompute the importance file")
     for u in imp.units:
         if imp.unit_params[u] != sum(params[n] for n in imp.unit_layers[u]):
-            raise ValueError(f"{path}: unit {u!r} has {imp.unit_params[u]} weights but its layers have "
+            raise InputError(f"{path}: unit {u!r} has {imp.unit_params[u]} weights but its layers have "
                              f"{sum(params[n] for n in imp.unit_layers[u])} in this model; use the file "
                              "computed for this model")
 
@@ -235,7 +236,7 @@ def read_ompq_importance(path, cost, mode: str) -> OmpqImportance:
     """Load, validate against the model's CostModel and give the view for `mode`."""
     imp = parse_ompq_importance(load_untrusted_pickle(path), path)
     if check_mode(mode) == "ptq" and imp.mode == "qat":
-        raise ValueError(f"{path}: holds 'qat' units only, but mode 'ptq' needs the stem and classifier "
+        raise InputError(f"{path}: holds 'qat' units only, but mode 'ptq' needs the stem and classifier "
                          "units; recompute it with the ompq_importance stage")
     check_against_model(imp, cost, path)
     if mode == "qat" and imp.mode == "ptq":

@@ -1,4 +1,4 @@
-"""Read and write LIMPQ importance files (limpq.md section 4).
+"""Read and write LIMPQ importance files (limpq.md section 4); OMPQ's file uses the same loader.
 
 The files are pickles, and a pickle can run arbitrary code when loaded. The
 reference file comes from the internet, so it is read with an unpickler that
@@ -13,13 +13,14 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import atomic_write_bytes
+from .io import atomic_write_bytes
+from .errors import InputError
 
 _DDP_PREFIX = "module."
 _KEYS = ("weight", "act", "layer_name")
 
 
-class UntrustedPickleError(ValueError):
+class UntrustedPickleError(InputError):
     """The pickle tried to load a class or function, which importance files never need."""
 
 
@@ -54,7 +55,7 @@ def load_untrusted_pickle(path) -> object:
     except OSError:
         raise
     except Exception as exc:  # truncated or corrupt data raises many types
-        raise ValueError(
+        raise InputError(
             f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); "
             "the file is truncated or corrupt, re-create it with extract_importance"
         ) from None
@@ -82,42 +83,42 @@ def _few(items) -> str:
 
 def _parse_bit(key, where: str) -> int:
     if isinstance(key, bool):
-        raise ValueError(f"{where}: candidate key {key!r} is not a bit-width")
+        raise InputError(f"{where}: candidate key {key!r} is not a bit-width")
     if isinstance(key, int):
         return key
     if isinstance(key, str) and key.strip().isdigit():
         return int(key)
-    raise ValueError(f"{where}: candidate key {key!r} is not a decimal bit-width string")
+    raise InputError(f"{where}: candidate key {key!r} is not a decimal bit-width string")
 
 
 def _check_value(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where} is {type(value).__name__}, expected a float; re-extract the importance file")
+        raise InputError(f"{where} is {type(value).__name__}, expected a float; re-extract the importance file")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where} = {value!r}, but step sizes must be finite and > 0; "
+        raise InputError(f"{where} = {value!r}, but step sizes must be finite and > 0; "
                          "re-train or re-extract the indicators")
     return value
 
 
 def _by_name(table, kind: str, path: str) -> dict[str, dict[int, float]]:
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: '{kind}' must be a dict of layer name -> {{bit: step}}")
+        raise InputError(f"{path}: '{kind}' must be a dict of layer name -> {{bit: step}}")
     out: dict[str, dict[int, float]] = {}
     for raw_name, inner in table.items():
         if not isinstance(raw_name, str):
-            raise ValueError(f"{path}: '{kind}' has a non-string layer name {raw_name!r}")
+            raise InputError(f"{path}: '{kind}' has a non-string layer name {raw_name!r}")
         name = _strip_prefix(raw_name)
         if name in out:
-            raise ValueError(f"{path}: '{kind}' lists layer {name!r} twice (with and without 'module.')")
+            raise InputError(f"{path}: '{kind}' lists layer {name!r} twice (with and without 'module.')")
         if not isinstance(inner, dict) or not inner:
-            raise ValueError(f"{path}: '{kind}'[{raw_name!r}] must be a non-empty dict of bit -> step")
+            raise InputError(f"{path}: '{kind}'[{raw_name!r}] must be a non-empty dict of bit -> step")
         steps = {}
         for key, value in inner.items():
             where = f"{path}: '{kind}'[{name!r}]"
             bit = _parse_bit(key, where)
             if bit in steps:
-                raise ValueError(f"{where} has bit {bit} twice")
+                raise InputError(f"{where} has bit {bit} twice")
             steps[bit] = _check_value(value, f"{where}[{key!r}]")
         out[name] = steps
     return out
@@ -125,11 +126,11 @@ def _by_name(table, kind: str, path: str) -> dict[str, dict[int, float]]:
 
 def _layer_names(raw, path: str) -> list[str]:
     if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
-        raise ValueError(f"{path}: 'layer_name' must be a list of strings")
+        raise InputError(f"{path}: 'layer_name' must be a list of strings")
     names = [_strip_prefix(n) for n in raw]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{path}: 'layer_name' repeats {_few(dup)}; each layer must appear once")
+        raise InputError(f"{path}: 'layer_name' repeats {_few(dup)}; each layer must appear once")
     return names
 
 
@@ -137,7 +138,7 @@ def _check_same_names(names: list[str], other: dict, what: str, path: str) -> No
     missing = [n for n in names if n not in other]
     extra = [n for n in other if n not in set(names)]
     if missing or extra:
-        raise ValueError(f"{path}: {what} disagree with 'layer_name' (missing {_few(missing) or 'none'}; "
+        raise InputError(f"{path}: {what} disagree with 'layer_name' (missing {_few(missing) or 'none'}; "
                          f"unexpected {_few(extra) or 'none'}); re-extract the importance file")
 
 
@@ -146,7 +147,7 @@ def _check_expected(names: list[str], expected: list[str], path: str) -> None:
     if have != want:
         missing = [n for n in expected if n not in have]
         extra = [n for n in names if n not in want]
-        raise ValueError(
+        raise InputError(
             f"{path}: layer names do not match the model's searchable layers "
             f"(missing {_few(missing) or 'none'}; unexpected {_few(extra) or 'none'}); "
             "use the importance file extracted for this model"
@@ -160,7 +161,7 @@ def _select_candidates(steps_by_kind, names, candidates, path) -> list[int]:
             for name in names:
                 absent = [b for b in wanted if b not in table[name]]
                 if absent:
-                    raise ValueError(f"{path}: '{kind}'[{name!r}] has no step for bits {absent}; "
+                    raise InputError(f"{path}: '{kind}'[{name!r}] has no step for bits {absent}; "
                                      "re-train the indicators with these candidates or drop them from the config")
         return wanted
     first = None
@@ -170,7 +171,7 @@ def _select_candidates(steps_by_kind, names, candidates, path) -> list[int]:
             if first is None:
                 first = (bits, kind, name)
             elif bits != first[0]:
-                raise ValueError(
+                raise InputError(
                     f"{path}: '{kind}'[{name!r}] has bits {sorted(bits, reverse=True)} but "
                     f"'{first[1]}'[{first[2]!r}] has {sorted(first[0], reverse=True)}; "
                     "every layer needs the same candidates, re-extract the file"
@@ -184,9 +185,9 @@ def read_importance(path, expected_names: list[str] | None = None,
     path = str(path)
     data = load_untrusted_pickle(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level is {type(data).__name__}, expected a dict with keys {list(_KEYS)}")
+        raise InputError(f"{path}: top level is {type(data).__name__}, expected a dict with keys {list(_KEYS)}")
     if set(data) != set(_KEYS):
-        raise ValueError(f"{path}: keys are {sorted(map(str, data))}, expected exactly {list(_KEYS)}; "
+        raise InputError(f"{path}: keys are {sorted(map(str, data))}, expected exactly {list(_KEYS)}; "
                          "metadata belongs in the importance.json sidecar")
     names = _layer_names(data["layer_name"], path)
     weight = _by_name(data["weight"], "weight", path)
@@ -209,18 +210,18 @@ def _to_builtins(imp: Importance) -> dict:
     cands = sorted(imp.candidates, reverse=True)
     clean = [_strip_prefix(str(n)) for n in imp.names]  # files never carry the DDP prefix
     if len(set(clean)) != len(clean):
-        raise ValueError("Importance.names has duplicates; each layer must appear once")
+        raise InputError("Importance.names has duplicates; each layer must appear once")
     tables = {}
     for kind, table in (("weight", imp.weight), ("act", imp.act)):
         if set(table) != set(imp.names):
-            raise ValueError(f"Importance.{kind} keys differ from Importance.names; "
+            raise InputError(f"Importance.{kind} keys differ from Importance.names; "
                              "every searchable layer needs one entry")
         out = {}
         for name in imp.names:
             steps = table[name]
             missing = [b for b in cands if b not in steps]
             if missing:
-                raise ValueError(f"Importance.{kind}[{name!r}] has no step for bits {missing}")
+                raise InputError(f"Importance.{kind}[{name!r}] has no step for bits {missing}")
             out[_strip_prefix(str(name))] = {str(int(b)): _check_value(steps[b], f"Importance.{kind}[{name!r}][{b}]")
                               for b in cands}
         tables[kind] = out

@@ -14,37 +14,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import section_defaults, section_keys
+from ..data.seeding import sampler_for_step
+from ..errors import InputError
 from ..quant import set_policy_bits
 from ..train.loop import train_epoch
 from ..train.optim import lr_factor, set_epoch_lr
 from ..train.progress import EpochProgress
-from .bit_scheduler import SCHEDULER_DEFAULTS, scheduler_event
+from .bit_scheduler import scheduler_event
 from .ema import EmaModel
-from .limpq import sampler_for_step
-from .rfquant_losses import IdmTap, min_bit_layers, qe_weight, subnet_regularisers
+from .losses import IdmTap, min_bit_layers, qe_weight, subnet_regularisers
 from .supernet import CandidateState, init_supernet_act_steps, sample_subnet
 
 log = logging.getLogger("mpq")
 
-# The reference's values (150 ImageNet epochs); every key is a config key of importance.rfquant.
-RFQUANT_DEFAULTS = {
-    "epochs": 150, "lr": 0.04, "momentum": 0.9, "nesterov": True, "weight_decay": 2.5e-5,
-    "warmup_epochs": 5, "min_lr": 1e-5, "q_lr": 1e-5, "label_smoothing": 0.0,
-    "random_paths": 3, "idm": True, "idm_weight": 0.01, "idm_target": "activation",
-    "qe_start": 40, "qe_lambda": 0.1,
-    "arwd": 0.0, "ema_decay": 0.9997, "grad_clip": 1.0, "scheduler": True, **SCHEDULER_DEFAULTS,
-    "switchable_bn": "pair", "grad_scale": False, "depthwise_min_bits": 3,
-    "holdout_fraction": 0.0, "data_fraction": 1.0, "bn_calibration_images": 7000,
-}
-
-
 def rfquant_config(cfg: dict | None) -> dict:
-    """The config with the spec's defaults filled in; unknown keys are an error (typos)."""
+    """importance.rfquant with the schema's defaults (the reference's, for 150 ImageNet epochs)
+    filled in for any key not given; unknown keys are an error (typos)."""
     cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(RFQUANT_DEFAULTS))
+    unknown = sorted(set(cfg) - section_keys("importance.rfquant"))
     if unknown:
-        raise ValueError(f"importance.rfquant: unknown key(s) {unknown}; known: {', '.join(RFQUANT_DEFAULTS)}")
-    return {**RFQUANT_DEFAULTS, **cfg}
+        raise InputError(f"importance.rfquant: unknown key(s) {unknown}; known: "
+                         f"{', '.join(sorted(section_keys('importance.rfquant')))}")
+    return section_defaults("importance.rfquant", cfg)
 
 
 def supernet_training_split(train_set, cfg: dict, *, batch_size: int, seed: int):

@@ -5,7 +5,7 @@ with ResNet-50's real MACs and params at 224 px and a random theta. Problems: th
 the 50 PTQ units, and one unit per searchable layer (52). The abstract's "9 seconds for
 searching" (MobileNet-V2) includes the feature pass; the LP itself is the part timed here.
 
-    python bench/ompq_search.py            # median of 20 repeats per problem
+    python bench/ompq_allocation.py        # median of 20 repeats per problem
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO))
 
 import mpq.models  # noqa: E402
 from mpq.cost import CostModel  # noqa: E402
-from mpq.importance.ompq_units import ompq_units  # noqa: E402
-from mpq.search.ompq_lp import ompq_policy  # noqa: E402
+from mpq.ompq.lp import ompq_policy  # noqa: E402
+from mpq.ompq.units import ompq_units  # noqa: E402
 
 BUDGETS = {"qat": ({"size_mb": 16.0}, 4, 8), "ptq": ({"size_mb": 9.0}, 2, 4)}
 

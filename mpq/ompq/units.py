@@ -13,6 +13,7 @@ from torch import nn
 
 from ..quant.blocks import find_blocks
 from ..quant.convert import split_layers
+from ..errors import InputError
 
 MODES = ("qat", "ptq")
 
@@ -27,7 +28,7 @@ class Unit:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"OMPQ mode {mode!r} is unknown; use 'qat' or 'ptq'")
+        raise InputError(f"OMPQ mode {mode!r} is unknown; use 'qat' or 'ptq'")
     return mode
 
 
@@ -40,7 +41,7 @@ def _block_units(block) -> list[Unit]:
 def _stem_unit(model: nn.Module, stem: str) -> Unit:
     relu = getattr(model, "relu", None)
     if not isinstance(relu, nn.ReLU):
-        raise ValueError(f"cannot find the stem's activation: {type(model).__name__} has no top-level "
+        raise InputError(f"cannot find the stem's activation: {type(model).__name__} has no top-level "
                          "'relu' and its stem is in no block; OMPQ units cover the ResNets and MobileNetV2")
     return Unit(stem, (stem,), "relu", "output")
 
@@ -58,7 +59,7 @@ def ompq_units(model: nn.Module, mode: str = "ptq") -> list[Unit]:
     expected = [stem, *searchable, classifier]
     if sorted(covered) != sorted(expected):
         loose = sorted(set(expected) - set(covered))
-        raise ValueError(f"OMPQ units do not cover every layer exactly once (outside any block: "
+        raise InputError(f"OMPQ units do not cover every layer exactly once (outside any block: "
                          f"{loose[:3]}); OMPQ units cover the ResNets and MobileNetV2")
     if mode == "qat":
         units = [u for u in units if stem not in u.layers and classifier not in u.layers]

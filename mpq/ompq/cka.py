@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ..errors import InputError
 
 
 def centered_gram(features: torch.Tensor) -> torch.Tensor:
@@ -26,7 +27,7 @@ def orm_matrix(grams: list[torch.Tensor], names: list[str] | None = None) -> np.
     dead = [i for i, n in enumerate(norms.tolist()) if not n > 0]
     if dead:
         label = [names[i] for i in dead] if names else dead
-        raise ValueError(f"features of {label} are identical for every sample (CKA is undefined); "
+        raise InputError(f"features of {label} are identical for every sample (CKA is undefined); "
                          "use more or more varied samples")
     unit = flat / norms[:, None]
     orm = (unit @ unit.T).clamp(0.0, 1.0)
@@ -37,5 +38,5 @@ def orm_matrix(grams: list[torch.Tensor], names: list[str] | None = None) -> np.
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """CKA of two feature batches with the same N (any trailing shapes)."""
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs the same samples on both sides, got {x.shape[0]} and {y.shape[0]}")
+        raise InputError(f"CKA needs the same samples on both sides, got {x.shape[0]} and {y.shape[0]}")
     return float(orm_matrix([centered_gram(x), centered_gram(y)])[0, 1])

@@ -12,6 +12,7 @@ from .. import models
 from ..build import quantize_for_policy
 from ..policy import Policy
 from ..quant import LsqQuantizer, SwitchableBatchNorm2d, set_policy_bits
+from ..errors import InputError
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def export_subnet(supernet: nn.Module, policy: Policy, quant_cfg: dict) -> nn.Mo
     The supernet is left set to the policy's bits.
     """
     if policy.arch != getattr(supernet, "arch", policy.arch):
-        raise ValueError(f"policy is for {policy.arch} but the supernet is a {supernet.arch}")
+        raise InputError(f"policy is for {policy.arch} but the supernet is a {supernet.arch}")
     policy.check_model(supernet.mpq_searchable)
     set_policy_bits(supernet, policy.w_bits, policy.a_bits)
     target = models.create(policy.arch, num_classes=policy.num_classes)

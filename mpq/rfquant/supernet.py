@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from .. import models
+from ..checkpoint import load_checkpoint, load_state, register_loader, save_checkpoint
 from ..quant import conv_bn_pairs, convert_model, searchable_layers, set_policy_bits, split_layers
-from ..train.checkpoint import load_checkpoint, load_state
+from ..quant.range_init import init_act_steps
 from ..train.loop import recalibrate_bn
-from ..train.qat import init_act_steps
+from ..errors import InputError
 
 
 @dataclass
@@ -69,7 +70,7 @@ def build_supernet(model: nn.Module, *, image_size: int, candidates, fixed_bits=
     if switchable_bn == "none":   # the earlier name of 'recalibrate' (supernets saved with it)
         switchable_bn = "recalibrate"
     if switchable_bn not in ("pair", "recalibrate"):
-        raise ValueError(f"rfquant switchable_bn must be 'pair' or 'recalibrate', not {switchable_bn!r}")
+        raise InputError(f"rfquant switchable_bn must be 'pair' or 'recalibrate', not {switchable_bn!r}")
     _, names, _ = split_layers(model)
     modules = dict(model.named_modules())
     per_layer = [layer_candidates(modules[n], candidates, depthwise_min_bits) for n in names]
@@ -145,22 +146,27 @@ def save_supernet(path, model: nn.Module, state: CandidateState, *, num_classes:
 
     holdout: {"fraction", "seed"} of the training images kept out of training for the search.
     """
-    from ..train.checkpoint import save_checkpoint
-
     save_checkpoint(path, state_dict=model.state_dict(), arch=model.arch, num_classes=num_classes,
                     kind="supernet", config=config, metrics=metrics, supernet=model.rfquant_build,
                     candidates=state.to_dict(), holdout=dict(holdout))
 
 
-def load_supernet(path) -> tuple[nn.Module, CandidateState, dict]:
-    """The supernet written by save_supernet, with its final candidate lists."""
-    ckpt = load_checkpoint(path, kind="supernet")
+@register_loader("supernet")
+def supernet_from(ckpt: dict, source: str) -> nn.Module:
+    """The supernet of a loaded 'supernet' checkpoint."""
     model = models.create(ckpt["arch"], num_classes=ckpt["num_classes"])
     build = dict(ckpt["supernet"])
     build_supernet(model, image_size=build.pop("image_size"), **build)
-    load_state(model, ckpt["state_dict"], str(path))
+    load_state(model, ckpt["state_dict"], source)
+    return model
+
+
+def load_supernet(path) -> tuple[nn.Module, CandidateState, dict]:
+    """The supernet written by save_supernet, with its final candidate lists."""
+    ckpt = load_checkpoint(path, kind="supernet")
+    model = supernet_from(ckpt, str(path))
     state = CandidateState.from_dict(ckpt["candidates"])
     names = [n for n, _ in searchable_layers(model)]
     if names != state.names:
-        raise ValueError(f"{path}: candidate lists name other layers than the model's; rerun train_supernet")
+        raise InputError(f"{path}: candidate lists name other layers than the model's; rerun train_supernet")
     return model, state, ckpt

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from ..errors import InputError, MachineError
 
 SOLVERS = ("exact", "slsqp")
 MAX_ROUNDING_SEARCH = 20
@@ -44,11 +45,11 @@ def _describe(row: Row, value: int) -> str:
 
 def _check_feasible(rows: list[Row], lo: int, hi: int) -> None:
     if not 1 <= lo <= hi:
-        raise ValueError(f"ompq bits must satisfy 1 <= lo <= hi, got [{lo}, {hi}]")
+        raise InputError(f"ompq bits must satisfy 1 <= lo <= hi, got [{lo}, {hi}]")
     for row in rows:
         floor_cost = lo * sum(row.cost)
         if floor_cost > row.rhs:
-            raise ValueError(f"{row.name} budget is below the smallest reachable cost: every unit at {lo} "
+            raise InputError(f"{row.name} budget is below the smallest reachable cost: every unit at {lo} "
                              f"bits needs {_describe(row, floor_cost)} against {_describe(row, row.rhs)} "
                              "available; raise the budget or lower ompq.bits")
 
@@ -74,7 +75,7 @@ def _highs_lp(c, rows: list[Row], lo: int, hi: int) -> list[float]:
                   b_ub=np.array([r.rhs for r in rows], dtype=np.float64), bounds=[(lo, hi)] * len(c),
                   method="highs")
     if res.status != 0:
-        raise RuntimeError(f"the OMPQ LP did not solve ({res.message})")
+        raise MachineError(f"the OMPQ LP did not solve ({res.message})")
     return [float(v) for v in res.x]
 
 
@@ -94,7 +95,7 @@ def _slsqp(c, rows: list[Row], lo: int, hi: int) -> list[float]:
 def solve_lp(c, rows: list[Row], lo: int, hi: int, solver: str = "exact") -> list:
     """Continuous bits per unit: Fractions from the exact knapsack, floats otherwise."""
     if solver not in SOLVERS:
-        raise ValueError(f"ompq solver {solver!r} is unknown; use one of {', '.join(SOLVERS)}")
+        raise InputError(f"ompq solver {solver!r} is unknown; use one of {', '.join(SOLVERS)}")
     _check_feasible(rows, lo, hi)
     if solver == "slsqp":
         return _slsqp(c, rows, lo, hi)
@@ -200,7 +201,7 @@ def layer_bits(unit_layers: list[list[str]], unit_bits: list[int], cost) -> tupl
     bits_of = {n: int(b) for layers, b in zip(unit_layers, unit_bits) for n in layers}
     missing = [n for n in cost.names if n not in bits_of]
     if missing:
-        raise ValueError(f"units do not cover the searchable layers {missing[:3]}")
+        raise InputError(f"units do not cover the searchable layers {missing[:3]}")
     (stem_w, stem_a), (cls_w, cls_a) = cost.fixed_bits
     fixed = [[bits_of.get(cost.stem.name, stem_w), stem_a], [bits_of.get(cost.classifier.name, cls_w), cls_a]]
     return [bits_of[n] for n in cost.names], fixed
@@ -218,7 +219,7 @@ def ompq_policy(theta, unit_layers: list[list[str]], cost, budget: dict, b_min: 
     started = time.perf_counter()
     theta = np.asarray(theta, dtype=np.float64)
     if len(theta) != len(unit_layers) or not len(theta) or not np.isfinite(theta).all() or (theta < 0).any():
-        raise ValueError(f"theta needs one finite value >= 0 per unit ({len(unit_layers)} units), "
+        raise InputError(f"theta needs one finite value >= 0 per unit ({len(unit_layers)} units), "
                          f"got {len(theta)}")
     extra_params = [0] * len(unit_layers) if extra_params is None else [int(e) for e in extra_params]
     fixed_names = {cost.stem.name, cost.classifier.name}

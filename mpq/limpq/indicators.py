@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.seeding import sampler_for_step
 from ..quant import convert_model, searchable_layers, set_layer_bits, set_uniform_bits
+from ..errors import InputError
 
 
 def build_indicator_model(model: nn.Module, *, image_size: int, candidates, fixed_bits,
@@ -21,11 +23,6 @@ def build_indicator_model(model: nn.Module, *, image_size: int, candidates, fixe
     return convert_model(model, image_size=image_size, weight_candidates=list(candidates),
                          act_candidates=list(candidates), fixed_bits=fixed, switchable_bn="bit",
                          grad_scale=grad_scale, grad_scale_numel=grad_scale_numel, clamp_step=clamp_step)
-
-
-def sampler_for_step(seed: int, global_step: int) -> torch.Generator:
-    """Reseeded per batch from (seed, step): reproducible and identical on every DDP rank."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + global_step)
 
 
 def indicator_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, candidates,
@@ -71,7 +68,7 @@ def clip_and_drop_zero_gradients(model: nn.Module, limit: float = 1.0) -> None:
 
 def extract_indicators(model: nn.Module):
     """Read every searchable layer's learned steps, paired with bits through the stored buffer."""
-    from .pickle_io import Importance
+    from ..importance_file import Importance
 
     names, weight, act = [], {}, {}
     cands = None
@@ -81,7 +78,7 @@ def extract_indicators(model: nn.Module):
             bits = q.candidate_list
             if not bool(q.init_state.all()):
                 missing = [b for b, s in zip(bits, q.init_state.tolist()) if not s]
-                raise ValueError(f"layer {name}: {kind} steps for bits {missing} were never initialised; "
+                raise InputError(f"layer {name}: {kind} steps for bits {missing} were never initialised; "
                                  f"train the indicators for at least one step")
             steps = q.step.detach().float()
             if q.clamp_step is not None:

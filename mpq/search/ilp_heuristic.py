@@ -1,4 +1,4 @@
-"""Greedy downgrade heuristic (limpq.md section 6), for machines without a MILP solver.
+"""The ILP's greedy downgrade heuristic (limpq.md section 6), for machines without a MILP solver.
 
 It is not optimal; results are labelled so nobody mistakes them for the ILP optimum.
 """
@@ -6,6 +6,7 @@ It is not optimal; results are labelled so nobody mistakes them for the ILP opti
 from __future__ import annotations
 
 from mpq.search.budget_rows import BudgetRow
+from ..errors import InputError
 
 
 def greedy_downgrade(w_allowed: list[list[int]], a_allowed: list[list[int]],
@@ -48,7 +49,7 @@ def greedy_downgrade(w_allowed: list[list[int]], a_allowed: list[list[int]],
             cached_for = violated
         moves = [m for m in cache.values() if m is not None]
         if not moves:
-            raise ValueError("greedy search cannot meet the budgets even at the lowest allowed bits")
+            raise InputError("greedy search cannot meet the budgets even at the lowest allowed bits")
         _, l, kind = min(moves, key=lambda m: (m[0], m[1], m[2] != "w"))
         old_w, old_a = bits["w"][l], bits["a"][l]
         pos[kind][l] += 1

@@ -13,10 +13,10 @@ from torch import nn
 
 from ..quant import searchable_layers
 from .supernet import CandidateState
+from ..config import section_defaults
+from ..errors import InputError
 
-# Defaults are the reference's, for 150 epochs; the digits config scales them to its own E.
-SCHEDULER_DEFAULTS = {"sched_start": 5, "sched_period": 2, "sched_late_period": 15, "sched_switch": 0.72,
-                      "sched_r_max": 0.5, "sched_r_min": 0.2, "scheduler_targets": "w"}
+# The sched_* keys of importance.rfquant; their defaults (the reference's, for 150 epochs) are the schema's.
 
 NEAR_THRESHOLD = 0.125   # within an eighth of a step of a rounding threshold
 EDGE_MARGIN = 0.375      # the outer edges of the extreme levels are not counted
@@ -24,7 +24,7 @@ EDGE_MARGIN = 0.375      # the outer edges of the extreme levels are not counted
 
 def is_event(epoch: int, epochs: int, cfg: dict) -> bool:
     """At the start of epoch e: e > start and (e + 1) mod T == 0, T short early and long late."""
-    cfg = {**SCHEDULER_DEFAULTS, **cfg}
+    cfg = section_defaults("importance.rfquant", cfg)
     if epoch <= cfg["sched_start"]:
         return False
     early = epoch <= math.floor(cfg["sched_switch"] * epochs)
@@ -34,7 +34,7 @@ def is_event(epoch: int, epochs: int, cfg: dict) -> bool:
 
 def freeze_ratio(epoch: int, epochs: int, cfg: dict) -> float:
     """r(e) = r_min + 0.5 (r_max - r_min)(1 + cos(pi k / (E/2))), k = floor((e - start) / period)."""
-    cfg = {**SCHEDULER_DEFAULTS, **cfg}
+    cfg = section_defaults("importance.rfquant", cfg)
     k = math.floor((epoch - cfg["sched_start"]) / cfg["sched_period"])
     lo, hi = cfg["sched_r_min"], cfg["sched_r_max"]
     return lo + 0.5 * (hi - lo) * (1 + math.cos(math.pi * k / (epochs / 2)))
@@ -76,7 +76,7 @@ def freeze_turbulent(state: CandidateState, scores: list[float], count: int, tar
     indices of the selected layers.
     """
     if targets not in ("w", "wa"):
-        raise ValueError(f"scheduler_targets must be 'w' or 'wa', not {targets!r}")
+        raise InputError(f"scheduler_targets must be 'w' or 'wa', not {targets!r}")
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     chosen = sorted(order[:max(0, count)])
     for i in range(len(scores)):
@@ -92,6 +92,6 @@ def scheduler_event(model: nn.Module, state: CandidateState, epoch: int, epochs:
     if not is_event(epoch, epochs, cfg):
         return None
     count = math.floor(len(state.names) * freeze_ratio(epoch, epochs, cfg))
-    targets = cfg.get("scheduler_targets", SCHEDULER_DEFAULTS["scheduler_targets"])
+    targets = section_defaults("importance.rfquant", cfg)["scheduler_targets"]
     chosen = freeze_turbulent(state, layer_turbulence(model, state), count, targets)
     return [state.names[i] for i in chosen]

@@ -1,0 +1,22 @@
+"""The project's own error types. A stage prints one of these as a single `error:` line (its
+message names the problem and the fix); any other exception is a defect and keeps its traceback.
+
+They derive from the builtin a caller would expect too (ValueError, RuntimeError), so
+`except ValueError` around library calls keeps working.
+"""
+
+
+class MpqError(Exception):
+    """Base of every error whose message is meant for the user."""
+
+
+class InputError(MpqError, ValueError):
+    """Something the user gave (config, checkpoint, pickle, policy, data folder) cannot be used."""
+
+
+class MissingInput(InputError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class MachineError(MpqError, RuntimeError):
+    """This machine cannot do what was asked (no CUDA, no solver, a search too large for it)."""

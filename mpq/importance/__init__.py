@@ -1,1 +1,0 @@
-"""Importance indicators: how much each layer suffers from fewer bits."""
