@@ -151,21 +151,26 @@ def _check_policies(cfg: dict) -> None:
     recipes = cfg.get("finetune", {})
     for name, pol in cfg.get("policies", {}).items():
         where = f"policies.{name}"
-        if pol["search"] == "uniform" and "bits" not in pol:
-            raise ConfigError(f"config error: {where}: search 'uniform' needs bits: [w, a]")
-        if pol["search"] == "uniform" and "budget" in pol:   # ignored, yet summary.csv would show it
-            raise ConfigError(f"config error: {where}: search 'uniform' ignores budget (its bits are bits: "
-                              f"[w, a]); remove budget, or use a search that meets it (ilp, greedy, ompq)")
-        if pol["search"] != "uniform":
+        method = SEARCH_METHODS[pol["search"]]
+        if not method.budgets and "bits" not in pol:
+            raise ConfigError(f"config error: {where}: search {method.name!r} needs bits: [w, a]")
+        if not method.budgets and "budget" in pol:   # ignored, yet summary.csv would show it
+            meeting = ", ".join(m.name for m in SEARCH_METHODS.values() if m.budgets)
+            raise ConfigError(f"config error: {where}: search {method.name!r} ignores budget (its bits are bits: "
+                              f"[w, a]); remove budget, or use a search that meets it ({meeting})")
+        if method.budgets:
             if not pol.get("budget"):
-                raise ConfigError(f"config error: {where}: search {pol['search']!r} needs a budget "
-                                  f"(bitops, bitops_g, size_mb or compression_ratio)")
+                raise ConfigError(f"config error: {where}: search {method.name!r} needs a budget "
+                                  f"({' or '.join(method.budgets)})")
             if "importance" not in pol:
-                raise ConfigError(f"config error: {where}: search {pol['search']!r} needs importance")
-            if pol["search"] == "greedy" and not {"bitops", "bitops_g"} & set(pol["budget"]):
-                raise ConfigError(f"config error: {where}.budget: search 'greedy' (RFQuant) meets a BitOps budget "
-                                  f"only (bitops: wXaY or bitops_g); use search ilp or ompq for a size budget")
-            wanted = SEARCH_METHODS[pol["search"]].importance
+                raise ConfigError(f"config error: {where}: search {method.name!r} needs importance")
+            foreign = sorted(set(pol["budget"]) - set(method.budgets))
+            if foreign:
+                others = ", ".join(m.name for m in SEARCH_METHODS.values() if set(foreign) <= set(m.budgets))
+                raise ConfigError(f"config error: {where}.budget: search {method.name!r} meets "
+                                  f"{' or '.join(method.budgets)} only, not {', '.join(foreign)}; "
+                                  f"use search {others or 'another'} for that budget")
+            wanted = method.importance
             if pol["importance"] not in wanted:
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} works on importance "
                                   f"{' or '.join(wanted)}, not {pol['importance']!r}")

@@ -19,11 +19,17 @@ class SearchMethod:
     importance: tuple[str, ...]   # the importance it reads (one of them); () = none
     needs_data: bool              # scores candidates on training images (its spec carries the data)
     own_bit_range: bool           # its bits need not be quant.candidates (uniform W8A8, OMPQ's range)
+    budgets: tuple[str, ...]      # the budget kinds it meets; () = it takes none (the policy's bits)
+    settings: str | None          # "module:function"(config, policy) -> the settings its spec carries
     entry: str                    # "module:function"(policy_cfg, cost, candidates, importance_path=,
     #                               settings=, data=, device=, seed=) -> (w_bits, a_bits, meta)
 
     def run(self, *args, **kwargs):
         return _resolve(self.entry)(*args, **kwargs)
+
+    def settings_for(self, config: dict, policy: dict) -> dict | None:
+        """The config keys this method reads, resolved for one policy (None: it reads none)."""
+        return _resolve(self.settings)(config, policy) if self.settings else None
 
 
 @dataclass(frozen=True)
@@ -33,11 +39,17 @@ class FinetuneMethod:
     rule_by_importance: dict = field(default_factory=dict)   # a different rule for some importance
 
 
+BUDGET_KINDS = ("bitops", "bitops_g", "size_mb", "compression_ratio")   # the schema's budget keys
+BITOPS_BUDGETS = ("bitops", "bitops_g")
+
 SEARCH_METHODS = {m.name: m for m in (
-    SearchMethod("uniform", (), False, True, "mpq.search.uniform:search_uniform"),
-    SearchMethod("ilp", ("limpq",), False, False, "mpq.search.ilp:search_ilp"),
-    SearchMethod("greedy", ("rfquant",), True, False, "mpq.rfquant.greedy_search:search_greedy"),
-    SearchMethod("ompq", ("ompq",), False, True, "mpq.ompq.search:search_ompq"),
+    SearchMethod("uniform", (), False, True, (), None, "mpq.search.uniform:search_uniform"),
+    SearchMethod("ilp", ("limpq",), False, False, BUDGET_KINDS, "mpq.search.settings:ilp_settings",
+                 "mpq.search.ilp:search_ilp"),
+    SearchMethod("greedy", ("rfquant",), True, False, BITOPS_BUDGETS, "mpq.search.settings:greedy_settings_of",
+                 "mpq.rfquant.greedy_search:search_greedy"),
+    SearchMethod("ompq", ("ompq",), False, True, BUDGET_KINDS, "mpq.search.settings:ompq_settings_of",
+                 "mpq.ompq.search:search_ompq"),
 )}
 
 FINETUNE_METHODS = {m.name: m for m in (

@@ -39,6 +39,33 @@ def test_every_search_entry_resolves_and_the_rules_exist():
     assert model_rule("ptq", None) == "ptq"
 
 
+def test_each_search_declares_its_budgets_and_the_config_keys_its_spec_carries():
+    import subprocess
+    import sys
+
+    from mpq.config import validate_config
+
+    schema_budgets = set(_props("policies", "*", "budget")["properties"])
+    assert {k for m in SEARCH_METHODS.values() for k in m.budgets} == schema_budgets
+    cfg = validate_config({"experiment": "e", "dataset": {"name": "digits"},
+                           "model": {"arch": "resnet8", "num_classes": 10},
+                           "search": {"alpha": 3.0, "greedy": {"start_bits": 6}},
+                           "importance": {"ompq": {"mode": "ptq", "samples": 16}},
+                           "policies": {"u": {"search": "uniform", "bits": [4, 4]}}}, load_schema())
+    assert SEARCH_METHODS["uniform"].settings_for(cfg, {"search": "uniform"}) is None
+    ilp = SEARCH_METHODS["ilp"].settings_for(cfg, {"search": "ilp", "solver": "cbc"})
+    assert ilp == {"alpha": 3.0, "solver": "cbc", "erase_non_monotone": True}   # no RFQuant keys
+    greedy = SEARCH_METHODS["greedy"].settings_for(cfg, {"search": "greedy"})
+    assert greedy == section_defaults("search.greedy", {"start_bits": 6})
+    ompq = SEARCH_METHODS["ompq"].settings_for(cfg, {"search": "ompq", "beta": 2.0})
+    assert ompq["bits"] == [2, 4] and ompq["beta"] == 2.0 and "samples" not in ompq   # the importance rule's
+    # the workflow resolves them while building the DAG: that must not load torch
+    code = ("import sys; from mpq.registry import SEARCH_METHODS as M; "
+            "[M[m].settings and __import__(M[m].settings.split(':')[0]) for m in M]; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_an_unknown_search_method_names_the_known_ones():
     try:
         search_method("anneal")

@@ -2,6 +2,7 @@
 # affect each output, so params changes rerun precisely), input functions and target lists.
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -9,7 +10,6 @@ from pathlib import Path
 import yaml
 
 from mpq.config import ConfigError, validate_config
-from mpq.ompq.search import ompq_settings
 from mpq.preflight import preflight
 from mpq.registry import IMPORTANCE_RULES, SEARCH_METHODS, model_rule
 
@@ -32,28 +32,7 @@ POLICIES = config["policies"]
 NO_POLICY = "(?!x)x"   # a regular expression that matches nothing: a rule no policy goes to
 
 
-class MachineLocal:
-    """A shell value that names this machine's files (the Python interpreter, a stage script).
-    Snakemake records only the params it can represent (builtins), so a project moved to another
-    directory, a new clone or another venv reruns nothing; what the script says is recorded by its
-    digest (`stage_code`)."""
-
-    def __init__(self, value):
-        self.value = str(value)
-
-    def __str__(self):
-        return self.value
-
-    def __format__(self, spec):
-        return format(self.value, spec)
-
-
-PY = MachineLocal(sys.executable)
-
-
-def stage(name):
-    """The stage script, as a shell value that is not recorded (see MachineLocal)."""
-    return MachineLocal(STAGES / f"{name}.py")
+PY = sys.executable
 
 
 def stage_code(name):
@@ -90,7 +69,7 @@ def launcher(rule_name):
     more than one GPU, plain Python otherwise. Resources are not params, so changing them reruns nothing."""
     gpus = res(rule_name, "gpu")
     if gpus > 1:
-        return MachineLocal(f"{PY} -m torch.distributed.run --standalone --nproc_per_node={gpus}")
+        return f"{PY} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
     return PY
 
 
@@ -115,9 +94,14 @@ def resources_of(rule_name):
 
 
 def stage_params(rule_name, launch=False):
-    """The params of every stage's rule: how to start it (not recorded) and its code digest."""
-    return {"run": MachineLocal(f"{launcher(rule_name) if launch else PY} {stage(rule_name)}"),
-            "code": stage_code(rule_name)}
+    """The params of every stage's rule: its code digest. How to start the stage (this machine's
+    interpreter, the script's path, torchrun for a multi-GPU training rule) is the environment
+    variable MPQ_RUN_<rule> its shell command starts with, set here (a cluster job reads this file
+    again on its node): Snakemake records a rule's params and shell command, and a project moved to
+    another directory, a new clone or another venv must rerun nothing. Editing the script reruns
+    the rule (its digest is recorded); changing the GPU count does not."""
+    os.environ[f"MPQ_RUN_{rule_name}"] = f"{launcher(rule_name) if launch else PY} {STAGES / rule_name}.py"
+    return {"code": stage_code(rule_name)}
 
 
 # --- per-rule specs ----------------------------------------------------------------------------
@@ -156,15 +140,11 @@ def search_spec(wildcards):
     policy = {k: v for k, v in POLICIES[wildcards.policy].items() if k != "finetune"}
     spec = {"policy_name": wildcards.policy, "policy": policy, "model": config["model"],
             "image_size": config["dataset"]["image_size"], "quant": config["quant"]}
-    method = policy["search"]
-    if method == "ilp":
-        spec["search"] = {**{k: v for k, v in config["search"].items() if k != "greedy"},
-                          **{k: policy[k] for k in ("alpha", "solver") if k in policy}}
-    elif method == "greedy":
-        spec["search"] = config["search"]["greedy"]
-    elif method == "ompq":
-        spec["search"] = ompq_settings(config["importance"]["ompq"], policy)
-    if SEARCH_METHODS[method].needs_data:   # scores candidates on training batches
+    method = SEARCH_METHODS[policy["search"]]
+    settings = method.settings_for(config, policy)
+    if settings is not None:
+        spec["search"] = settings
+    if method.needs_data:   # scores candidates on training batches
         spec.update(base_spec())
     return as_json(spec)
 

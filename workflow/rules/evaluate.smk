@@ -13,7 +13,7 @@ rule evaluate:
     resources:
         **resources_of("evaluate"),
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_evaluate --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --model {input.model} --out {output.metrics} > {log} 2>&1"
 
 
@@ -32,7 +32,7 @@ rule plot_policy:
     resources:
         **resources_of("plot_policy"),
     shell:
-        "{params.run} --policy {input.policy} --png {output.png} --svg {output.svg} > {log} 2>&1"
+        "$MPQ_RUN_plot_policy --policy {input.policy} --png {output.png} --svg {output.svg} > {log} 2>&1"
 
 
 rule summarize:
@@ -55,6 +55,6 @@ rule summarize:
     resources:
         **resources_of("summarize"),
     shell:
-        "{params.run} --fp32-metrics {input.fp32} --metrics {input.metrics} --benchmarks {input.timings}"
+        "$MPQ_RUN_summarize --fp32-metrics {input.fp32} --metrics {input.metrics} --benchmarks {input.timings}"
         " --experiment {params.experiment} --out {output.csv} --bitops-figure {output.bitops_png} {output.bitops_svg}"
         " --size-figure {output.size_png} {output.size_svg} > {log} 2>&1"

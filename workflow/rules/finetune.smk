@@ -20,7 +20,7 @@ rule finetune:
     resources:
         **resources_of("finetune"),
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_finetune --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --policy {input.policy} --fp32 {input.fp32} --out {output.model} > {log} 2>&1"
 
 
@@ -42,7 +42,7 @@ rule ptq:
     resources:
         **resources_of("ptq"),
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_ptq --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --policy {input.policy} --fp32 {input.fp32} --out {output.model} > {log} 2>&1"
 
 
@@ -64,5 +64,5 @@ rule subnet:
     resources:
         **resources_of("subnet"),
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_subnet --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --policy {input.policy} --supernet {input.supernet} --out {output.model} > {log} 2>&1"

@@ -14,7 +14,7 @@ rule train_indicators:
         **resources_of("train_indicators"),
     cache: "omit-software"
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_train_indicators --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --fp32 {input.fp32} --out {output.indicators} > {log} 2>&1"
 
 
@@ -34,7 +34,7 @@ rule extract_importance:
     resources:
         **resources_of("extract_importance"),
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_extract_importance --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --indicators {input.indicators} --out {output.pkl} --meta-out {output.meta} > {log} 2>&1"
 
 
@@ -54,7 +54,7 @@ rule train_supernet:
         **resources_of("train_supernet"),
     cache: "omit-software"
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_train_supernet --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --fp32 {input.fp32} --out {output.supernet} > {log} 2>&1"
 
 
@@ -73,5 +73,5 @@ rule ompq_importance:
     resources:
         **resources_of("ompq_importance"),
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_ompq_importance --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --fp32 {input.fp32} --out {output.pkl} > {log} 2>&1"

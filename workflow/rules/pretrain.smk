@@ -13,5 +13,5 @@ rule pretrain:
         **resources_of("pretrain"),
     cache: "omit-software"
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_pretrain --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " --model-out {output.model} --metrics-out {output.metrics} > {log} 2>&1"

@@ -14,5 +14,5 @@ rule search:
     resources:
         **resources_of("search"),
     shell:
-        "{params.run} --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
+        "$MPQ_RUN_search --spec {params.spec:q} --threads {threads} --timing-out {output.timing}"
         " {params.importance} --out {output.policy} > {log} 2>&1"
