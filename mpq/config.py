@@ -132,6 +132,22 @@ def section_defaults(path: str, given: dict | None = None) -> dict:
     return _apply_defaults_and_coerce(copy.deepcopy(given or {}), _section(schema, path), schema)
 
 
+# Where each section of a stage's --spec sits in the config (the workflow copies them there).
+SPEC_SECTIONS = {"dataset": "dataset", "model": "model", "pretrain": "pretrain", "quant": "quant",
+                 "limpq": "importance.limpq", "rfquant": "importance.rfquant", "ompq": "importance.ompq",
+                 "recipe": "finetune.*"}
+
+
+def spec_with_defaults(spec: dict) -> dict:
+    """A stage's --spec with the schema's defaults filled into each config section it carries: the
+    workflow passes resolved sections, a spec written by hand may leave keys out."""
+    filled = dict(spec)
+    for key, path in SPEC_SECTIONS.items():
+        if isinstance(filled.get(key), dict):
+            filled[key] = section_defaults(path, filled[key])
+    return filled
+
+
 def validate_config(config: dict, schema: dict) -> dict:
     """Return a validated copy of `config` with defaults filled in; raise ConfigError otherwise."""
     cfg = _apply_defaults_and_coerce(copy.deepcopy(config), schema, schema)

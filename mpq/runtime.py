@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import MpqError
+from .config import spec_with_defaults
 from .errors import InputError
 
 log = logging.getLogger("mpq")
@@ -151,7 +152,7 @@ def begin_stage(args) -> dict:
     the spec."""
     global _TIMING
     _TIMING = (args.timing_out, time.perf_counter()) if getattr(args, "timing_out", None) else None
-    spec = parse_spec(args.spec)
+    spec = spec_with_defaults(parse_spec(args.spec))
     missing = [k for k in getattr(args, "spec_needs", ()) if k not in spec]
     if missing:
         raise InputError(f"--spec has no {', '.join(repr(k) for k in missing)}; give every key this stage "

@@ -41,7 +41,7 @@ def test_config_dry_runs(tmp_path, name, arch, loader):
     assert f'"arch":"{arch}"' in proc.stdout and f'"loader":"{loader}"' in proc.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
     if name == "imagenet":   # 4 GPUs per training job: launched under torchrun
-        assert "torch.distributed.run --standalone --nproc_per_node=4" in proc.stdout
+        assert "rule pretrain starts under python -m torch.distributed.run --standalone --nproc_per_node=4" in proc.stderr
 
 
 def test_recipe_comparison_config_validates_and_plans_every_recipe():

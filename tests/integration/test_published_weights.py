@@ -70,7 +70,7 @@ def _dry_run_pretrain_spec(workdir: Path, pretrain: dict) -> dict:
                            str(workdir), "--cores", "1", "-n", "-p", "results/w/pretrain/metrics.json"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    match = re.search(r"stages/pretrain\.py --spec '(\{.*?\})'", proc.stdout)
+    match = re.search(r"\$MPQ_RUN_pretrain --spec '(\{.*?\})'", proc.stdout)
     assert match, proc.stdout[-2000:]
     return json.loads(match.group(1))["pretrain"]
 

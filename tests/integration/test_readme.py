@@ -75,6 +75,7 @@ RUN_BY = {
     "mpq ": "test_the_command_line_block_runs_as_written",
     "snakemake --configfile extra.yaml": "test_config_overrides_merge_as_config_readme_says",
     "pip install -e": "test_pip_extras_the_docs_name_exist",
+    "snakemake --lint": "test_workflow.py::test_lint_finds_only_kinds_config_readme_explains",
 }
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpq.config import ConfigError, check_yaml_syntax, validate_config
+from mpq.config import ConfigError, check_yaml_syntax, spec_with_defaults, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -16,6 +16,18 @@ def test_default_config_is_valid_and_gets_defaults():
     assert cfg["finetune"]["lsq"]["momentum"] == 0.9
     assert cfg["quant"]["grad_scale"] is True
     assert cfg["search"]["erase_non_monotone"] is True
+
+
+def test_a_hand_written_stage_spec_gets_the_defaults_the_workflow_would_pass():
+    """The stage sees what the workflow resolves from the same sections (conditional defaults too)."""
+    given = {"seed": 1, "dataset": {"name": "digits"}, "pretrain": {"weights": "w.pth"},
+             "recipe": {"method": "ptq"}, "policy": {"keep": "as is"}}
+    spec = spec_with_defaults(given)
+    cfg = validate_config({**DEFAULT, "dataset": {"name": "digits"}, "pretrain": {"weights": "w.pth"}}, SCHEMA)
+    assert spec["dataset"] == cfg["dataset"] and spec["pretrain"] == cfg["pretrain"]
+    assert spec["pretrain"]["epochs"] == 0 and spec["dataset"]["workers"] == cfg["dataset"]["workers"]
+    assert spec["recipe"]["method"] == "ptq" and len(spec["recipe"]) > 1
+    assert spec["policy"] == {"keep": "as is"} and given["dataset"] == {"name": "digits"}   # not touched
 
 
 def test_strings_from_the_command_line_are_coerced():

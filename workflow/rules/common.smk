@@ -100,7 +100,11 @@ def stage_params(rule_name, launch=False):
     again on its node): Snakemake records a rule's params and shell command, and a project moved to
     another directory, a new clone or another venv must rerun nothing. Editing the script reruns
     the rule (its digest is recorded); changing the GPU count does not."""
-    os.environ[f"MPQ_RUN_{rule_name}"] = f"{launcher(rule_name) if launch else PY} {STAGES / rule_name}.py"
+    start = launcher(rule_name) if launch else PY
+    if start != PY:   # not in the shell command Snakemake prints, so said here
+        print(f"rule {rule_name} starts under {start.replace(PY, 'python', 1)} "
+              f"(resources.{rule_name}.gpu: {res(rule_name, 'gpu')})", file=sys.stderr)
+    os.environ[f"MPQ_RUN_{rule_name}"] = f"{start} {STAGES / rule_name}.py"
     return {"code": stage_code(rule_name)}
 
 
@@ -110,20 +114,8 @@ def base_spec():
             "model": config["model"]}
 
 
-PRETRAIN_EPOCHS_FROM_SCRATCH = 30
-
-
-def pretrain_section():
-    """config `pretrain` with an unset (null) `epochs` resolved: 0 with `weights` (import and
-    evaluate only), 30 from scratch. The spec carries the number, so giving it explicitly reruns nothing."""
-    section = dict(config["pretrain"])
-    if section["epochs"] is None:
-        section["epochs"] = 0 if section.get("weights") else PRETRAIN_EPOCHS_FROM_SCRATCH
-    return section
-
-
 def pretrain_spec():
-    return as_json({**base_spec(), "pretrain": pretrain_section()})
+    return as_json({**base_spec(), "pretrain": config["pretrain"]})
 
 
 def indicators_spec():
