@@ -132,20 +132,33 @@ def section_defaults(path: str, given: dict | None = None) -> dict:
     return _apply_defaults_and_coerce(copy.deepcopy(given or {}), _section(schema, path), schema)
 
 
-# Where each section of a stage's --spec sits in the config (the workflow copies them there).
+# Where each whole config section a stage's --spec carries sits in the config. Not here: the
+# OMPQ feature pass gets only the keys its features depend on (so choosing a search mode reruns no
+# feature pass), and a `none` recipe (the subnet rule) only its method and epochs.
 SPEC_SECTIONS = {"dataset": "dataset", "model": "model", "pretrain": "pretrain", "quant": "quant",
-                 "limpq": "importance.limpq", "rfquant": "importance.rfquant", "ompq": "importance.ompq",
-                 "recipe": "finetune.*"}
+                 "limpq": "importance.limpq", "rfquant": "importance.rfquant", "recipe": "finetune.*"}
 
 
-def spec_with_defaults(spec: dict) -> dict:
-    """A stage's --spec with the schema's defaults filled into each config section it carries: the
-    workflow passes resolved sections, a spec written by hand may leave keys out."""
-    filled = dict(spec)
+def _carried_whole(key: str, spec: dict) -> bool:
+    return isinstance(spec.get(key), dict) and not (key == "recipe" and spec[key].get("method") == "none")
+
+
+def resolve_spec(spec: dict) -> dict:
+    """A hand-written --spec with the schema's defaults filled into the sections it carries, as the
+    workflow resolves them; for running a stage by hand (the stages themselves fill in nothing)."""
+    return {key: section_defaults(SPEC_SECTIONS[key], value) if key in SPEC_SECTIONS and _carried_whole(key, spec)
+            else value for key, value in spec.items()}
+
+
+def spec_missing_keys(spec: dict) -> list[str]:
+    """The keys with a schema default that a stage's --spec leaves out of the config sections it
+    carries ("dataset.workers"): stages fill in nothing, so a default changed in the schema reruns
+    the rules whose specs carry it."""
+    missing = []
     for key, path in SPEC_SECTIONS.items():
-        if isinstance(filled.get(key), dict):
-            filled[key] = section_defaults(path, filled[key])
-    return filled
+        if _carried_whole(key, spec):
+            missing += [f"{key}.{k}" for k in section_defaults(path, spec[key]) if k not in spec[key]]
+    return missing
 
 
 def validate_config(config: dict, schema: dict) -> dict:

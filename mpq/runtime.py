@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import MpqError
-from .config import spec_with_defaults
+from .config import spec_missing_keys
 from .errors import InputError
 
 log = logging.getLogger("mpq")
@@ -152,11 +152,15 @@ def begin_stage(args) -> dict:
     the spec."""
     global _TIMING
     _TIMING = (args.timing_out, time.perf_counter()) if getattr(args, "timing_out", None) else None
-    spec = spec_with_defaults(parse_spec(args.spec))
+    spec = parse_spec(args.spec)
     missing = [k for k in getattr(args, "spec_needs", ()) if k not in spec]
     if missing:
         raise InputError(f"--spec has no {', '.join(repr(k) for k in missing)}; give every key this stage "
                          f"needs: {', '.join(args.spec_needs)}")
+    unresolved = spec_missing_keys(spec)
+    if unresolved:
+        raise InputError(f"--spec leaves out {', '.join(unresolved)}; stages fill in no defaults: pass the "
+                         "sections resolved, as the workflow does (mpq.config.resolve_spec fills them from the schema)")
     set_threads(args.threads)
     seed_everything(int(spec.get("seed", 0)))
     setup_device(spec)

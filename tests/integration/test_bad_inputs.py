@@ -12,6 +12,7 @@ import torch
 
 from mpq import models
 from mpq.checkpoint import save_checkpoint
+from mpq.config import resolve_spec
 from mpq.cost import CostModel
 from mpq.importance_file import Importance, write_importance
 from mpq.policy import Policy
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 def run_stage(name, spec, *args):
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), "--spec", json.dumps(spec),
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), "--spec", json.dumps(resolve_spec(spec)),
                            *map(str, args)], capture_output=True, text=True)
 
 

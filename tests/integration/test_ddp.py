@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mpq.config import resolve_spec
+
 REPO = Path(__file__).resolve().parents[2]
 SPEC = {"seed": 0, "device": "cpu", "dataset": {"name": "digits", "image_size": 16, "batch_size": 128},
         "model": {"arch": "resnet8", "num_classes": 10}, "pretrain": {"epochs": 1, "lr": 0.1}}
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def run_pretrain(out: Path, launcher: list[str]) -> subprocess.CompletedProcess:
     out.mkdir()
-    cmd = [*launcher, str(REPO / "stages/pretrain.py"), "--spec", json.dumps(SPEC), "--threads", "1",
+    cmd = [*launcher, str(REPO / "stages/pretrain.py"), "--spec", json.dumps(resolve_spec(SPEC)), "--threads", "1",
            "--model-out", str(out / "model.pt"), "--metrics-out", str(out / "metrics.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

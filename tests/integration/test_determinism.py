@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mpq import models
+from mpq.config import resolve_spec
 from mpq.cost import CostModel
 from mpq.importance_file import Importance, write_importance
 
@@ -30,7 +31,7 @@ def test_search_twice_gives_the_same_policy_file(tmp_path):
     texts = []
     for i in range(2):
         out = tmp_path / f"policy{i}.yaml"
-        proc = subprocess.run([sys.executable, str(REPO / "stages/search.py"), "--spec", json.dumps(spec),
+        proc = subprocess.run([sys.executable, str(REPO / "stages/search.py"), "--spec", json.dumps(resolve_spec(spec)),
                                "--importance", str(tmp_path / "imp.pkl"), "--out", str(out)],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr

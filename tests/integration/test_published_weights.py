@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mpq.config import resolve_spec
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 RELEASE = "resnet20-cifar10-published.th"
@@ -46,7 +48,7 @@ def test_published_resnet20_scores_above_80_percent(cifar10_test_folder, shared_
                         "workers": 0, "loader": "torch"},
             "model": {"arch": "resnet20", "num_classes": 10},
             "pretrain": {"weights": str(shared_data / RELEASE), "epochs": 0}}
-    cmd = [sys.executable, str(REPO / "stages/pretrain.py"), "--spec", json.dumps(spec), "--threads", "2",
+    cmd = [sys.executable, str(REPO / "stages/pretrain.py"), "--spec", json.dumps(resolve_spec(spec)), "--threads", "2",
            "--model-out", str(tmp_path / "model.pt"), "--metrics-out", str(tmp_path / "metrics.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr

@@ -76,6 +76,7 @@ RUN_BY = {
     "snakemake --configfile extra.yaml": "test_config_overrides_merge_as_config_readme_says",
     "pip install -e": "test_pip_extras_the_docs_name_exist",
     "snakemake --lint": "test_workflow.py::test_lint_finds_only_kinds_config_readme_explains",
+    "python -m mpq.config_docs": "test_config_docs.py::test_the_command_checks_and_rewrites_a_stale_copy",
 }
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mpq.config import resolve_spec
+
 REPO = Path(__file__).resolve().parents[2]
 SPEC = {"seed": 0, "device": "cpu", "dataset": {"name": "digits", "image_size": 16, "batch_size": 128},
         "model": {"arch": "resnet8", "num_classes": 10},
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def pretrain_cmd(out: Path, spec=SPEC):
-    return [sys.executable, str(REPO / "stages/pretrain.py"), "--spec", json.dumps(spec), "--threads", "1",
+    return [sys.executable, str(REPO / "stages/pretrain.py"), "--spec", json.dumps(resolve_spec(spec)), "--threads", "1",
             "--model-out", str(out / "model.pt"), "--metrics-out", str(out / "metrics.json")]
 
 

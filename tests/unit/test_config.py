@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpq.config import ConfigError, check_yaml_syntax, spec_with_defaults, validate_config
+from mpq.config import ConfigError, check_yaml_syntax, resolve_spec, spec_missing_keys, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -18,16 +18,22 @@ def test_default_config_is_valid_and_gets_defaults():
     assert cfg["search"]["erase_non_monotone"] is True
 
 
-def test_a_hand_written_stage_spec_gets_the_defaults_the_workflow_would_pass():
-    """The stage sees what the workflow resolves from the same sections (conditional defaults too)."""
+def test_a_stage_spec_must_carry_every_defaulted_key_of_its_sections():
+    """Stages fill in nothing: a hand-written spec is refused with the keys it leaves out (conditional
+    defaults too); the sections the workflow resolves pass."""
     given = {"seed": 1, "dataset": {"name": "digits"}, "pretrain": {"weights": "w.pth"},
              "recipe": {"method": "ptq"}, "policy": {"keep": "as is"}}
-    spec = spec_with_defaults(given)
+    missing = spec_missing_keys(given)
+    assert "dataset.workers" in missing and "pretrain.epochs" in missing and "recipe.epochs" in missing
+    assert not any(k.startswith(("policy.", "seed")) for k in missing)
     cfg = validate_config({**DEFAULT, "dataset": {"name": "digits"}, "pretrain": {"weights": "w.pth"}}, SCHEMA)
-    assert spec["dataset"] == cfg["dataset"] and spec["pretrain"] == cfg["pretrain"]
-    assert spec["pretrain"]["epochs"] == 0 and spec["dataset"]["workers"] == cfg["dataset"]["workers"]
-    assert spec["recipe"]["method"] == "ptq" and len(spec["recipe"]) > 1
-    assert spec["policy"] == {"keep": "as is"} and given["dataset"] == {"name": "digits"}   # not touched
+    assert cfg["pretrain"]["epochs"] == 0 and validate_config(DEFAULT, SCHEMA)["pretrain"]["epochs"] == 30
+    resolved = {**given, "dataset": cfg["dataset"], "pretrain": cfg["pretrain"], "recipe": cfg["finetune"]["lsq"]}
+    assert spec_missing_keys(resolved) == []
+    filled = resolve_spec(given)
+    assert filled["dataset"] == cfg["dataset"] and filled["pretrain"] == cfg["pretrain"]
+    assert filled["policy"] == {"keep": "as is"} and given["dataset"] == {"name": "digits"}   # not touched
+    assert spec_missing_keys(filled) == []
 
 
 def test_strings_from_the_command_line_are_coerced():

@@ -11,6 +11,7 @@ from torch import nn
 
 from mpq import models
 from mpq.checkpoint import save_checkpoint
+from mpq.config import resolve_spec
 from mpq.data import build_data, make_loader
 from mpq.data.calibration import calibration_images
 from mpq.policy import Policy
@@ -211,7 +212,7 @@ def test_ptq_stage_writes_a_loadable_checkpoint(digits_fp32, tmp_path):
     spec = {"seed": 0, "device": "cpu", "dataset": {"name": "digits", "image_size": 16, "batch_size": 64},
             "model": {"arch": "resnet8", "num_classes": 10}, "recipe_name": "ptq",
             "recipe": {"method": "ptq", "calib_images": 128, "iters_w": 5, "iters_a": 5}}
-    run_stage_in_process("ptq", "--spec", json.dumps(spec), "--threads", "1", "--policy",
+    run_stage_in_process("ptq", "--spec", json.dumps(resolve_spec(spec)), "--threads", "1", "--policy",
                          str(tmp_path / "policy.yaml"), "--fp32", str(tmp_path / "fp32.pt"),
                          "--out", str(tmp_path / "model.pt"))
     loaded, policy, ckpt = load_ptq_model(tmp_path / "model.pt")
