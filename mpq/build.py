@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import models
+from .config import section_defaults
 from .checkpoint import load_checkpoint, load_state, model_from_checkpoint, register_loader
 from .policy import Policy
 from .quant import convert_model, set_policy_bits
@@ -32,9 +33,8 @@ def fp32_model(path, arch: str, num_classes: int) -> tuple[nn.Module, dict]:
 
 
 def fixed_bits_of(quant_cfg: dict) -> tuple:
-    fl = quant_cfg.get("fixed_layers", {})
-    first, last = fl.get("first", [8, 8]), fl.get("last", [8, 8])
-    return (tuple(first), tuple(last))
+    fixed = quant_cfg["fixed_layers"]
+    return (tuple(fixed["first"]), tuple(fixed["last"]))
 
 
 METHODS = ("lsq", "n2uq")
@@ -46,9 +46,9 @@ def rprelu_init_of(recipe: dict, method: str) -> str | None:
     `rprelu` defaults to on for method n2uq (the reference's architecture) and off otherwise;
     `rprelu_init` relu (default: equals the plain FP32 model) or reference (PReLU slopes 0.25).
     """
-    if not recipe.get("rprelu", method == "n2uq"):
+    if not recipe["rprelu"]:
         return None
-    return recipe.get("rprelu_init", "relu")
+    return recipe["rprelu_init"]
 
 
 def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recipe: dict | None = None) -> nn.Module:
@@ -61,8 +61,9 @@ def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recip
     The same call rebuilds a finetuned checkpoint, so it must depend on
     nothing but its arguments.
     """
-    recipe = recipe or {}
-    method = recipe.get("method", "lsq")
+    # A caller's partial sections (or no recipe: LSQ) get the schema's defaults.
+    recipe, quant_cfg = section_defaults("finetune.*", recipe), section_defaults("quant", quant_cfg)
+    method = recipe["method"]
     if method == "none":   # no training: LSQ quantizers at their initial steps, BN re-estimated
         method = "lsq"
     if method not in METHODS:
@@ -79,13 +80,13 @@ def quantize_for_policy(model: nn.Module, policy: Policy, quant_cfg: dict, recip
                   act_candidates=[[b] for b in policy.a_bits],
                   fixed_bits=policy.fixed_bits,
                   **lsq_options(quant_cfg),
-                  weight_per_channel=quant_cfg.get("weight_per_channel", False))
+                  weight_per_channel=quant_cfg["weight_per_channel"])
     set_policy_bits(model, policy.w_bits, policy.a_bits)
     if method == "n2uq":
         use_n2uq_quantizers(model)
     if oscillation.mode != "none":
         track_oscillations(model, oscillation)
-    if recipe.get("fc_scale_trick", False):
+    if recipe["fc_scale_trick"]:
         use_fc_scale_trick(model)
     return model
 

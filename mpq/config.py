@@ -7,6 +7,7 @@ strings, so scalars are coerced to the type the schema asks for before validatio
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -112,6 +113,12 @@ def load_schema() -> dict:
     return read_yaml(SCHEMA_PATH, "the config schema")
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_schema() -> dict:
+    """The schema section_keys and section_defaults read (they copy what they return)."""
+    return load_schema()
+
+
 def _section(schema: dict, path: str) -> dict:
     node = schema
     for part in path.split("."):
@@ -121,14 +128,14 @@ def _section(schema: dict, path: str) -> dict:
 
 def section_keys(path: str) -> set[str]:
     """The keys the schema allows in the config section at `path`."""
-    return set(_section(load_schema(), path)["properties"])
+    return set(_section(_cached_schema(), path)["properties"])
 
 
 def section_defaults(path: str, given: dict | None = None) -> dict:
     """`given` with the schema's defaults of the config section at `path` filled in, e.g.
     section_defaults("importance.rfquant"), section_defaults("finetune.*", {"method": "ptq"}):
     the one place the library and its tests take defaults from (`*` is any name)."""
-    schema = load_schema()
+    schema = _cached_schema()
     return _apply_defaults_and_coerce(copy.deepcopy(given or {}), _section(schema, path), schema)
 
 

@@ -10,9 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import section_defaults
 from ..data.seeding import sampler_for_step
 from ..quant import convert_model, searchable_layers, set_layer_bits, set_uniform_bits
 from ..errors import InputError
+
+
+# The LIMPQ reference's indicator training: SGD with Nesterov momentum, a cosine per epoch down to
+# 1e-5, no warm-up; the config section sets epochs, lr, weight decay and label smoothing.
+INDICATOR_TRAINING = {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "schedule": "cosine",
+                      "schedule_per": "epoch", "warmup_epochs": 0, "warmup_lr": 0.0, "min_lr": 1e-5}
 
 
 def build_indicator_model(model: nn.Module, *, image_size: int, candidates, fixed_bits,
@@ -95,9 +102,10 @@ def train_indicators(model: nn.Module, data, cfg: dict, device, *, candidates, b
     from ..data import make_loader, subset
     from ..train.fp32 import train_model
 
+    cfg = section_defaults("importance.limpq", cfg)   # a caller's partial section: the schema's defaults
     model.to(device)
     train_set = data.train
-    fraction = float(cfg.get("data_fraction", 1.0))
+    fraction = float(cfg["data_fraction"])
     if fraction < 1.0:
         train_set = subset(train_set, max(batch_size, int(len(train_set) * fraction)), seed)
     counter = {"step": 0}
@@ -105,10 +113,9 @@ def train_indicators(model: nn.Module, data, cfg: dict, device, *, candidates, b
     def step(m, x, y):
         gen = sampler_for_step(seed, counter["step"])
         counter["step"] += 1
-        return indicator_step(m, x, y, candidates, gen, cfg.get("label_smoothing", 0.1))
+        return indicator_step(m, x, y, candidates, gen, cfg["label_smoothing"])
 
-    opt_cfg = {"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "schedule": "cosine",
-               "min_lr": 1e-5, "weight_decay": 2.5e-5, **cfg}
+    opt_cfg = {**INDICATOR_TRAINING, **cfg}
     fit = train_model(model, lambda e: make_loader(train_set, batch_size, train=True, seed=seed, epoch=e,
                                                    workers=workers),
                       opt_cfg, device, what="indicators", step=step, extra_state=counter,

@@ -77,8 +77,7 @@ def _wrap(layer, quan_w, quan_a):
 
 def lsq_options(quant_cfg: dict) -> dict:
     """The LSQ keyword arguments of convert_model that the config's `quant` section sets."""
-    return {"grad_scale": quant_cfg.get("grad_scale", True),
-            "grad_scale_numel": quant_cfg.get("grad_scale_numel", "tensor")}
+    return {"grad_scale": quant_cfg["grad_scale"], "grad_scale_numel": quant_cfg["grad_scale_numel"]}
 
 
 def convert_model(model: nn.Module, *, image_size: int, weight_candidates, act_candidates,

@@ -46,7 +46,7 @@ class OscillationOptions:
 
     @classmethod
     def from_recipe(cls, recipe: dict) -> "OscillationOptions":
-        opts = cls(mode=recipe.get("oscillation", "none") or "none",
+        opts = cls(mode=recipe["oscillation"],
                    **{k: recipe[k] for k in cls.KEYS if k in recipe})
         opts.validate()
         return opts

@@ -6,6 +6,7 @@ import logging
 from torch import nn
 
 from .. import distributed
+from ..config import section_defaults
 from . import resume
 from .loop import evaluate, train_epoch
 from .optim import build_optimizer, check_schedule_per, lr_factor, set_epoch_lr
@@ -30,7 +31,7 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
     epochs = int(cfg["epochs"])
     optimizer = optimizer or build_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    min_factor = cfg.get("min_lr", 0.0) / cfg["lr"] if cfg["lr"] else 0.0
+    min_factor = cfg["min_lr"] / cfg["lr"] if cfg["lr"] else 0.0
     start, stats = 0, {}
     checkpoint = resume.active()
     saved = checkpoint.load() if checkpoint else None
@@ -44,11 +45,11 @@ def train_model(model: nn.Module, train_batches, cfg: dict, device, *, what: str
         log.info("%s: resuming after epoch %d/%d from %s", what, start, epochs, checkpoint.path)
     distributed.broadcast_state(model)   # DDP: every rank starts from rank 0's replica
     progress = EpochProgress(epochs, what, start_epoch=start)
-    per_iteration = check_schedule_per(cfg.get("schedule_per", "epoch")) == "iteration"
+    per_iteration = check_schedule_per(cfg["schedule_per"]) == "iteration"
 
     def factor_at(progress_in_epochs: float) -> float:
-        return lr_factor(progress_in_epochs, epochs, cfg.get("schedule", "cosine"), cfg.get("warmup_epochs", 0),
-                         min_factor, warmup_factor=cfg["warmup_lr"] / cfg["lr"] if cfg.get("warmup_epochs") else 1.0,
+        return lr_factor(progress_in_epochs, epochs, cfg["schedule"], cfg["warmup_epochs"],
+                         min_factor, warmup_factor=cfg["warmup_lr"] / cfg["lr"] if cfg["warmup_epochs"] else 1.0,
                          per_iteration=per_iteration)
 
     with resume.stop_on_signals():
@@ -77,10 +78,11 @@ def pretrain(model: nn.Module, data, cfg: dict, device, *, batch_size: int, seed
     mpq.train.pretrained.start_from_weights); test accuracy is measured once, at the end."""
     from ..data import make_loader
 
+    cfg = section_defaults("pretrain", cfg)   # a caller's partial section: the schema's defaults
     model.to(device)
     fit = train_model(model, lambda e: make_loader(data.train, batch_size, train=True, seed=seed, epoch=e,
                                                    workers=workers),
-                      cfg, device, what="pretrain", label_smoothing=cfg.get("label_smoothing", 0.0))
+                      cfg, device, what="pretrain", label_smoothing=cfg["label_smoothing"])
     test = evaluate(model, make_loader(data.test, batch_size, train=False, workers=workers), device)
     log.info("pretrain done: test top1=%.2f top5=%.2f loss=%.4f", test["top1"], test["top5"], test["loss"])
     return {**fit, **test}

@@ -43,13 +43,13 @@ def param_groups(model: nn.Module, weight_decay: float, quant_lr: float | None =
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     """cfg keys: optimizer (sgd|adam|adamw), lr, weight_decay, weight_decay_scope (matrices|all),
     momentum, nesterov, quant_lr."""
-    name = cfg.get("optimizer", "sgd")
-    groups = param_groups(model, cfg.get("weight_decay", 0.0), cfg.get("quant_lr"),
+    name = cfg["optimizer"]
+    # A section without weight_decay_scope (pretrain, the LIMPQ indicators) decays matrices only.
+    groups = param_groups(model, cfg["weight_decay"], cfg.get("quant_lr"),
                           scope=cfg.get("weight_decay_scope", "matrices"))
     lr = cfg["lr"]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.get("momentum", 0.9),
-                               nesterov=cfg.get("nesterov", True))
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"])
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if name == "adamw":

@@ -13,6 +13,7 @@ import logging
 import torch
 from torch import nn
 
+from ..config import section_defaults
 from ..quant.base import Quantizer
 from ..quant.oscillation import OscillationControl, OscillationOptions, oscillation_stats
 from ..quant.range_init import init_act_steps, mse_range_init
@@ -110,9 +111,8 @@ def build_finetune_optimizer(model: nn.Module, recipe: dict):
     owned = quantizer_parameters(model)
     named = list(model.named_parameters())
     weights = build_optimizer(_Params((n, p) for n, p in named if id(p) not in owned), recipe)
-    quant_cfg = {"optimizer": qcfg.get("name", "adam"), "lr": qcfg["lr"],
-                 "weight_decay": qcfg.get("weight_decay", 0.0), "momentum": qcfg.get("momentum", 0.9),
-                 "nesterov": qcfg.get("nesterov", False)}
+    quant_cfg = {"optimizer": qcfg["name"], "lr": qcfg["lr"], "weight_decay": qcfg["weight_decay"],
+                 "momentum": qcfg["momentum"], "nesterov": qcfg["nesterov"]}
     quant = build_optimizer(_Params((n, p) for n, p in named if id(p) in owned), quant_cfg)
     return JointOptimizer(weights, quant)
 
@@ -150,7 +150,7 @@ def _weight_decay_scope(recipe: dict) -> str:
 
 def reestimate_bn(model: nn.Module, recipe: dict, loader, device, batch_size: int) -> int:
     """BN re-estimation on `bn_recalibration_images` training images, by the recipe's procedure."""
-    images = int(recipe.get("bn_recalibration_images", 6000))
+    images = int(recipe["bn_recalibration_images"])
     if _bn_procedure(recipe, OscillationOptions.from_recipe(recipe)) == "batch_mean":
         return reestimate_bn_batch_mean(model, loader, device, batches_for(images, batch_size))
     return recalibrate_bn(model, loader, device, images)
@@ -187,7 +187,7 @@ def _train(model, batches, recipe: dict, device, teacher, oscillation: Oscillati
     """The shared epoch loop (resumable, DDP-aware) with the recipe's loss terms in its step."""
     epochs = int(recipe["epochs"])
     distiller = Distiller(KdOptions.from_recipe(recipe), teacher.to(device) if teacher is not None else None,
-                          recipe.get("label_smoothing", 0.0))
+                          recipe["label_smoothing"])
     control = None
     if oscillation.mode != "none":
         control = OscillationControl(model, oscillation, epochs * len(batches(0)))
@@ -227,8 +227,9 @@ def finetune(model: nn.Module, data, recipe: dict, device, *, teacher: nn.Module
     from ..data import make_loader
     from ..data.splits import fraction_subset
 
+    recipe = section_defaults("finetune.*", recipe)   # a caller's partial recipe: the schema's defaults
     # Drawn once (a new dataset object per epoch would be decoded again by the resident loader).
-    train_share = fraction_subset(data.train, recipe.get("data_fraction", 1.0), batch_size, seed)
+    train_share = fraction_subset(data.train, recipe["data_fraction"], batch_size, seed)
 
     def batches(epoch, shift=0):
         """Training batches (shift 0) come from the recipe's data_fraction share of the training
@@ -245,7 +246,7 @@ def finetune(model: nn.Module, data, recipe: dict, device, *, teacher: nn.Module
     else:
         init_act_steps(model, first)
     fit, start = {"epochs": 0}, {}
-    if int(recipe.get("epochs", 0)) > 0:   # with no training the start is the final model
+    if int(recipe["epochs"]) > 0:   # with no training the start is the final model
         start = measure_start(model, data, recipe, device, batches(0, shift=1), batch_size=batch_size,
                               workers=workers)
         fit = _train(model, batches, recipe, device, teacher, oscillation)

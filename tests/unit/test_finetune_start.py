@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mpq.config import section_defaults
 from mpq import models
 from mpq.build import quantize_for_policy
 from mpq.data import DataBundle, make_loader
@@ -18,7 +19,7 @@ from mpq.train import evaluate
 from mpq.train import qat
 from mpq.train.qat import finetune, measure_start
 
-RECIPE = {"epochs": 1, "lr": 0.05, "weight_decay": 5e-4, "bn_recalibration_images": 32}
+RECIPE = section_defaults("finetune.*", {"epochs": 1, "lr": 0.05, "weight_decay": 5e-4, "bn_recalibration_images": 32})
 LOADING = {"batch_size": 16, "seed": 3, "workers": 0}
 START_KEYS = ("start_top1", "start_top5", "start_loss")
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from mpq.config import section_defaults
 from mpq import models
 from mpq.data.seeding import sampler_for_step
 from mpq.importance_file import read_importance, write_importance
@@ -90,7 +91,7 @@ def test_indicator_model_takes_the_lsq_options_of_the_quant_section(quant):
     from mpq.quant.lsq import LsqQuantizer
 
     m = build_indicator_model(models.create("resnet8", num_classes=10), image_size=16, candidates=CANDS,
-                              fixed_bits=((8, 8), (8, 8)), **lsq_options(quant))
+                              fixed_bits=((8, 8), (8, 8)), **lsq_options(section_defaults("quant", quant)))
     qs = [q for q in m.modules() if isinstance(q, LsqQuantizer)]
     assert qs and {(q.grad_scale, q.grad_scale_numel) for q in qs} == {
         (quant.get("grad_scale", True), quant.get("grad_scale_numel", "tensor"))}

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import mpq.models
+from mpq.config import section_defaults
 from mpq.build import quantize_for_policy
 from mpq.checkpoint import load_state
 from mpq.models.rprelu import RPReLU, RPReLUBlock
@@ -357,7 +358,7 @@ def test_rprelu_parameters_get_base_lr_and_no_weight_decay():
     model, _ = _resnet8_for({"method": "n2uq"})
     recipe = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4,
               "quant_optimizer": {"name": "adam", "lr": 1e-4}}
-    opt = build_finetune_optimizer(model, recipe)
+    opt = build_finetune_optimizer(model, section_defaults("finetune.*", recipe))
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     rprelu_params = [p for m in model.modules() if isinstance(m, RPReLU) for p in m.parameters()]
     assert len(rprelu_params) == 3 * 3 * 3      # 3 tensors per RPReLU, 3 RPReLUs per block, 3 blocks

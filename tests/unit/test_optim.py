@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from mpq.config import section_defaults
 from mpq import models
 from mpq.build import quantize_for_policy
 from mpq.policy import Policy
@@ -60,23 +61,23 @@ def test_oscillation_recipes_decay_every_weight_parameter(oscillation):
     recipe = {"epochs": 1, "lr": 0.01, "weight_decay": 5e-5, "oscillation": oscillation,
               "quant_optimizer": {"name": "adam", "lr": 1e-5, "weight_decay": 0.0}}
     model = _quantized_resnet8(recipe=recipe, bits=3)
-    decay = _decay_of(build_finetune_optimizer(model, recipe))
+    decay = _decay_of(build_finetune_optimizer(model, section_defaults("finetune.*", recipe)))
     for name, p in model.named_parameters():
         expected = 0.0 if name.endswith(".step") else 5e-5           # BN and biases included
         assert decay[id(p)] == expected, name
     plain = {**recipe, "oscillation": "none"}
     model = _quantized_resnet8(recipe=plain)
-    decay = _decay_of(build_finetune_optimizer(model, plain))
+    decay = _decay_of(build_finetune_optimizer(model, section_defaults("finetune.*", plain)))
     assert decay[id(model.bn1.weight)] == 0.0 and decay[id(model.layer1[0].conv1.weight)] == 5e-5
     chosen = {**recipe, "weight_decay_scope": "matrices"}
     model = _quantized_resnet8(recipe=chosen, bits=3)
-    assert _decay_of(build_finetune_optimizer(model, chosen))[id(model.bn1.weight)] == 0.0
+    assert _decay_of(build_finetune_optimizer(model, section_defaults("finetune.*", chosen)))[id(model.bn1.weight)] == 0.0
 
 
 def test_weight_decay_scope_all_shrinks_bn_weights():
     bn = nn.BatchNorm1d(2)
     holder = nn.Sequential(nn.Linear(2, 2), bn)
-    opt = build_optimizer(holder, {"lr": 0.5, "weight_decay": 0.1, "momentum": 0.0, "nesterov": False,
+    opt = build_optimizer(holder, {"optimizer": "sgd", "lr": 0.5, "weight_decay": 0.1, "momentum": 0.0, "nesterov": False,
                                    "weight_decay_scope": "all"})
     for p in holder.parameters():
         p.grad = torch.zeros_like(p)
@@ -133,7 +134,7 @@ def _lrs_seen(cfg, batches=4, epochs=2):
         loss.backward()
         return loss, m(x)
 
-    train_model(model, lambda e: data, {"epochs": epochs, **cfg}, "cpu", what="t", step=step,
+    train_model(model, lambda e: data, section_defaults("pretrain", {"epochs": epochs, **cfg}), "cpu", what="t", step=step,
                 optimizer=optimizer)
     return seen
 
