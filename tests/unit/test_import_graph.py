@@ -21,39 +21,35 @@ def _module_name(path: Path) -> str:
 QUANT_IS_BELOW = ("mpq.train", "mpq.build", "mpq.limpq", "mpq.rfquant", "mpq.ompq", "mpq.importance_file", "mpq.search")
 
 
-def _targets(path: Path, name: str) -> set[str]:
-    """Every module `path` imports anywhere in its body, absolute, with the names it imports from
-    each as `module.name` too (a name may be a submodule)."""
+def _statements(path: Path, name: str):
+    """(module, the module.name of each name imported from it) for every import anywhere in
+    `path`'s body (so lazy imports count), made absolute."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
+            yield from ((a.name, set()) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = package
             for _ in range(node.level - 1):
                 base = base.rpartition(".")[0]
             target = f"{base}.{node.module}" if node.level and node.module else (node.module or base)
-            found |= {target} | {f"{target}.{a.name}" for a in node.names}
-    return found
+            yield target, {f"{target}.{a.name}" for a in node.names}
+
+
+def _targets(path: Path, name: str) -> set[str]:
+    """Every module `path` imports, with the names it imports from each as `module.name` too (a
+    name may be a submodule)."""
+    return {m for target, names in _statements(path, name) for m in {target} | names}
 
 
 def _imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """The mpq modules `path` imports anywhere in its body (so lazy imports count)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    """The mpq modules `path` imports: a `from` import's submodules, or the module itself when a
+    name is taken from it."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package
-            for _ in range(node.level - 1):
-                base = base.rpartition(".")[0]
-            target = f"{base}.{node.module}" if node.level and node.module else (node.module or base)
-            submodules = {f"{target}.{a.name}" for a in node.names}
-            found |= submodules
-            if not submodules <= known:   # names taken from the module itself, not its submodules
-                found.add(target)
+    for target, names in _statements(path, name):
+        found |= names
+        if not names or not names <= known:
+            found.add(target)
     return {m for m in found if m in known and m != name}
 
 
