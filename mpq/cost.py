@@ -16,13 +16,14 @@ from typing import Sequence
 import torch
 from torch import nn
 from .errors import InputError
+from .registry import BITOPS_BUDGETS, SIZE_BUDGETS
 
 MIB_BITS = 8 * 2**20
 GIGA = 10**9
 FP32_BITS = 32
 
-BITOPS_KEYS = ("bitops", "bitops_g")
-SIZE_KEYS = ("size_mb", "compression_ratio")
+BITOPS_KEYS = BITOPS_BUDGETS
+SIZE_KEYS = SIZE_BUDGETS
 
 
 @dataclass(frozen=True)
@@ -162,11 +163,11 @@ def _positive_fraction(key: str, value) -> Fraction:
 def _check_budget_keys(budget: dict) -> None:
     if not isinstance(budget, dict) or not budget:
         raise InputError(
-            "budget is empty; give one of bitops ('wXaY'), bitops_g, size_mb, compression_ratio")
+            "budget is empty; give one of bitops ('wXaY'), bitops_g, size_mb, compression_ratio, avg_weight_bits")
     unknown = sorted(set(budget) - set(BITOPS_KEYS) - set(SIZE_KEYS))
     if unknown:
         raise InputError(f"unknown budget key(s) {unknown}; use bitops ('wXaY') or bitops_g, "
-                         "and/or size_mb or compression_ratio")
+                         "and/or size_mb, compression_ratio or avg_weight_bits")
     for group in (BITOPS_KEYS, SIZE_KEYS):
         given = [key for key in group if key in budget]
         if len(given) > 1:
@@ -356,6 +357,10 @@ class CostModel:
             ratio = _positive_fraction("compression_ratio", budget["compression_ratio"])
             target = math.floor(FP32_BITS * self.total_params / ratio)
             size = self._searchable_size("compression_ratio", budget["compression_ratio"], target)
+        if "avg_weight_bits" in budget:   # NVIDIA ModelOpt's effective bits: weight bits / weights
+            bits = _positive_fraction("avg_weight_bits", budget["avg_weight_bits"])
+            target = math.floor(bits * self.total_params)
+            size = self._searchable_size("avg_weight_bits", budget["avg_weight_bits"], target)
         if size is not None:
             total_size = size + self.fixed_size_bits
         if total_bitops is not None and total_bitops > self.fp32_bitops:
@@ -373,7 +378,7 @@ class CostModel:
             raise InputError(
                 f"budget {key}={value} leaves no room: the fixed layers alone take "
                 f"{fixed_mib:.4f} MiB ({self._fixed_label()}); "
-                + ("raise it" if key == "size_mb" else "lower it"))
+                + ("lower it" if key == "compression_ratio" else "raise it"))
         return size
 
     def _fixed_label(self) -> str:

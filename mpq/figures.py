@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+if TYPE_CHECKING:
+    import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg back end, imported when a figure is drawn (it
+    takes a second a job that draws nothing should not pay)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 STYLES = {  # method -> (marker, color); unknown methods cycle through the rest
     "fp32": ("*", "black"), "uniform": ("s", "tab:gray"), "ilp": ("o", "tab:blue"),
@@ -53,7 +62,7 @@ def _save(fig, outputs) -> list[Path]:
         fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
         tmp.replace(path)
         outs.append(path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return outs
 
 
@@ -62,7 +71,7 @@ def plot_front(summary: pd.DataFrame, x: str, xlabel: str, outputs, title: str) 
 
     FP32 is far to the right on a linear axis, so it is drawn as a horizontal reference line.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = _pyplot().subplots(figsize=(7.5, 5))
     quant = summary[summary["policy"] != "fp32"].reset_index(drop=True)
     fp32 = summary[summary["policy"] == "fp32"]
     seen: dict = {}
@@ -140,7 +149,7 @@ def plot_policy_bits(names, w_bits, a_bits, outputs, title: str, fixed_bits=None
         hatched = {0, len(names) - 1}
     n = len(names)
     width = max(6.0, min(0.32 * n + 2, 24.0))
-    fig, ax = plt.subplots(figsize=(width, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(width, 4.2))
     xs = range(n)
     for offset, bits, label, color in ((-0.2, w_bits, "weight bits", "tab:blue"),
                                        (0.2, a_bits, "activation bits", "tab:orange")):

@@ -39,8 +39,10 @@ class FinetuneMethod:
     rule_by_importance: dict = field(default_factory=dict)   # a different rule for some importance
 
 
-BUDGET_KINDS = ("bitops", "bitops_g", "size_mb", "compression_ratio")   # the schema's budget keys
+# The schema's budget keys: a policy gives at most one of each group.
 BITOPS_BUDGETS = ("bitops", "bitops_g")
+SIZE_BUDGETS = ("size_mb", "compression_ratio", "avg_weight_bits")
+BUDGET_KINDS = BITOPS_BUDGETS + SIZE_BUDGETS
 
 SEARCH_METHODS = {m.name: m for m in (
     SearchMethod("uniform", (), False, True, (), None, "mpq.search.uniform:search_uniform"),

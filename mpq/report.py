@@ -4,8 +4,10 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from .registry import IMPORTANCE_RULES
 
@@ -64,6 +66,8 @@ def summary_table(fp32: dict, policies: list[dict], times: dict | None = None) -
         for stage in ("search", "finetune", "evaluate"):
             row[f"time_{stage}_s"] = times.get((stage, name))
         rows.append(row)
+    import pandas as pd   # here: a second of start-up the evaluate jobs do not need
+
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("bitops_g", "size_mb"):
         df[col] = df[col].astype(float).round(6)

@@ -7,7 +7,6 @@ import torchvision
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from mpq.models.registry import register
 from ..errors import InputError
 
 
@@ -68,7 +67,6 @@ def mobilenet_v2_signed_inputs(model: nn.Module) -> frozenset[str]:
     return frozenset(signed)
 
 
-@register("resnet18")
 def resnet18(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """torchvision ResNet-18; `pretrained` is a weights enum name such as "IMAGENET1K_V1"."""
     model = _build("resnet18", num_classes, pretrained, "fc")
@@ -76,7 +74,6 @@ def resnet18(num_classes: int, pretrained: str | None = None) -> nn.Module:
     return model
 
 
-@register("resnet50")
 def resnet50(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """torchvision ResNet-50, which is v1.5 (stride in the 3x3 conv of each bottleneck)."""
     model = _build("resnet50", num_classes, pretrained, "fc")
@@ -84,7 +81,6 @@ def resnet50(num_classes: int, pretrained: str | None = None) -> nn.Module:
     return model
 
 
-@register("mobilenet_v2")
 def mobilenet_v2(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """torchvision MobileNetV2, width 1.0."""
     model = _build("mobilenet_v2", num_classes, pretrained, "classifier.1")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision.models.resnet as tv_resnet
 from torch import nn
 
 from mpq.models import cifar_resnet
+from mpq.models.torchvision_classes import loaded_classes
 from ..errors import InputError
 
 # PReLU slope at conversion. "relu": slope 0 and zero shifts, so every RPReLU computes a ReLU and
@@ -21,7 +21,6 @@ from ..errors import InputError
 # 0.25 the reference starts from (its FP32 checkpoint already has this structure; ours does not).
 SLOPE_INITS = {"relu": 0.0, "reference": 0.25}
 
-PLAIN_BLOCKS = (cifar_resnet.BasicBlock, tv_resnet.BasicBlock, tv_resnet.Bottleneck)
 
 
 class RPReLU(nn.Module):
@@ -99,7 +98,8 @@ def add_rprelu(model: nn.Module, init: str = "relu") -> nn.Module:
         raise InputError(f"rprelu_init {init!r} is unknown; use {', '.join(SLOPE_INITS)}")
     if getattr(model, "mpq_searchable", None) is not None:
         raise InputError("add the RPReLU structure before quantizing the model")
-    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, PLAIN_BLOCKS)]
+    plain = (cifar_resnet.BasicBlock, *loaded_classes("models.resnet.BasicBlock", "models.resnet.Bottleneck"))
+    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, plain)]
     if not blocks or not isinstance(getattr(model, "fc", None), nn.Linear):
         raise InputError(f"the N2UQ RPReLU structure is defined for the zoo ResNets only, not "
                          f"{getattr(model, 'arch', type(model).__name__)!r}; set rprelu: false")

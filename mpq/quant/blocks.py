@@ -9,14 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock as TvBasicBlock
-from torchvision.models.resnet import Bottleneck
-from torchvision.ops.misc import Conv2dNormActivation
 
 from ..models.cifar_resnet import BasicBlock as CifarBasicBlock
+from ..models.torchvision_classes import loaded_classes
 
-BLOCK_TYPES = (CifarBasicBlock, TvBasicBlock, Bottleneck, InvertedResidual, Conv2dNormActivation)
 SHORTCUT_NAMES = ("downsample", "shortcut")
 
 
@@ -34,8 +30,11 @@ class Block:
 def find_blocks(model: nn.Module) -> list[Block]:
     """Outermost blocks in registration order (which is execution order for the zoo)."""
     blocks, claimed = [], []
+    block_types = (CifarBasicBlock, *loaded_classes("models.resnet.BasicBlock", "models.resnet.Bottleneck",
+                                                    "models.mobilenetv2.InvertedResidual",
+                                                    "ops.misc.Conv2dNormActivation"))
     for name, module in model.named_modules():
-        if not isinstance(module, BLOCK_TYPES) or any(name.startswith(c + ".") for c in claimed):
+        if not isinstance(module, block_types) or any(name.startswith(c + ".") for c in claimed):
             continue
         claimed.append(name)
         main, shortcut = [], []

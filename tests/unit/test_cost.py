@@ -365,6 +365,18 @@ def test_budget_from_compression_ratio(zoo):
     assert cost.size_bits([4] * n) > budget.total_size_bits
 
 
+def test_budget_from_avg_weight_bits(zoo):
+    """Effective bits (ModelOpt's auto-quantize budget): weight bits over weights, fixed layers
+    included; the same limit as the size budget of that many bits per weight."""
+    _, cost = zoo["resnet20_A"]
+    budget = cost.searchable_budget({"avg_weight_bits": 3.5})
+    assert budget.total_size_bits == 7 * 268_336 // 2
+    assert budget.size_bits == budget.total_size_bits - 8 * (432 + 640)
+    n = len(cost.searchable)
+    assert cost.size_bits([3] * n) <= budget.total_size_bits < cost.size_bits([4] * n)
+    assert cost.searchable_budget({"avg_weight_bits": "3.5"}) == budget   # text from --config
+
+
 def test_budget_with_both_kinds(zoo):
     _, cost = zoo["resnet20_B"]
     budget = cost.searchable_budget({"bitops": "w4a4", "size_mb": "0.1"})
@@ -387,6 +399,8 @@ def test_budget_with_both_kinds(zoo):
     ({"size_mb": 0.0001}, r"size_mb=0.0001 leaves no room.*0.0010 MiB.*raise it"),
     ({"compression_ratio": 2000}, "compression_ratio=2000 leaves no room.*lower it"),
     ({"compression_ratio": True}, "compression_ratio=True must be a positive number"),
+    ({"avg_weight_bits": 0.01}, r"avg_weight_bits=0.01 leaves no room.*raise it"),
+    ({"avg_weight_bits": 4, "size_mb": 1.0}, "both size_mb and avg_weight_bits"),
 ])
 def test_budget_errors(zoo, budget, message):
     _, cost = zoo["resnet20_A"]

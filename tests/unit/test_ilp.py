@@ -335,3 +335,18 @@ def test_golden_float_quirk_reproduces_published_policy(golden_inputs, solver):
     assert round(cost.compression_ratio(res.w_bits), 4) == 12.2029
     assert round(cost.bitops(res.w_bits, res.a_bits) / 1e9, 4) == 56.0346
     assert round(budget.total_bitops / 1e9, 4) == 56.0360
+
+
+def test_avg_weight_bits_budget_bounds_the_effective_bits(golden_inputs):
+    """ModelOpt's effective-bits budget: weight bits over weights of the whole model stay within it
+    where the BitOps budget alone would spend more."""
+    cost, imp = golden_inputs["exact"]
+
+    def effective(budget_cfg):
+        budget = cost.searchable_budget(budget_cfg)
+        res = solve_ilp(cost.names, [imp.weight[n] for n in cost.names], [imp.act[n] for n in cost.names],
+                        cost.macs, cost.params, CANDS, bitops_budget=budget.bitops,
+                        size_budget_bits=budget.size_bits, alpha=2.0, erase_non_monotone=True, solver="exact")
+        return cost.size_bits(res.w_bits) / cost.total_params
+
+    assert effective({"bitops": "w4a4", "avg_weight_bits": 3.0}) <= 3.0 < effective({"bitops": "w4a4"})

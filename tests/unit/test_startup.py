@@ -1,0 +1,44 @@
+"""Lean start-up: no stage loads torchvision, pandas or matplotlib before it needs them (each costs
+seconds of a job's wall time; bench/startup.py measures the effect)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("torchvision", "pandas", "matplotlib")
+
+PROBE = """
+import json, runpy, sys
+heavy, found = {heavy}, {{}}
+for path in {paths}:
+    sys.argv = [path, "--help"]
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit:
+        pass
+    found[path] = [m for m in heavy if m in sys.modules]
+print(json.dumps(found))
+"""
+
+
+def test_no_stage_imports_a_heavy_package_to_start():
+    paths = sorted(str(p) for p in (REPO / "stages").glob("*.py"))
+    code = PROBE.format(heavy=HEAVY, paths=paths)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(found) == len(paths) >= 10
+    assert {Path(p).name: mods for p, mods in found.items() if mods} == {}
+
+
+def test_torchvision_models_still_build_and_split_into_blocks():
+    """Registered by name only, torchvision's models load it when built; its blocks are then found."""
+    code = ("import sys; from mpq import models; from mpq.quant.blocks import find_blocks; "
+            "assert 'torchvision' not in sys.modules and 'resnet18' in models.list_models(); "
+            "m = models.create('resnet18', num_classes=10); "
+            "print(type(m).__module__, len(find_blocks(m)), len(find_blocks(models.create('resnet8', num_classes=10))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module, tv_blocks, cifar_blocks = proc.stdout.split()
+    assert module == "torchvision.models.resnet" and int(tv_blocks) == 8 and int(cifar_blocks) == 3
