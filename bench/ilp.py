@@ -6,6 +6,8 @@ reference implementation (PuLP + CBC, no normalisation) needs 0.31-0.43 s on a
 
     python bench/ilp.py                 # every available solver, 20 repeats
     python bench/ilp.py --breakdown     # where a CBC solve spends its time
+    python bench/ilp.py --sweep 50      # a 50-point BitOps front (w2a3 .. w6a6) in one search,
+                                        # beside 50 separate exact and CBC solves
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ sys.path.insert(0, str(REPO))
 import mpq.models  # noqa: E402
 from mpq.cost import CostModel  # noqa: E402
 from mpq.importance_file import read_importance  # noqa: E402
-from mpq.search.ilp import solve_ilp  # noqa: E402
+from mpq.search.ilp import solve_ilp, solve_ilp_front  # noqa: E402
 from mpq.search.pulp_milp import highs_available  # noqa: E402
 
 DEFAULT_PICKLE = REPO.parent / "shared" / "data" / "limpq-resnet50-indicators.pkl"
@@ -114,6 +116,29 @@ def cbc_breakdown(kwargs, repeats: int):
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+def sweep_front(kwargs, points: int, repeats: int, solvers) -> None:
+    """A BitOps front from uniform w2a3 to w6a6 (the size budget fixed): one front search against
+    one solve per budget with each solver, all on the same budgets; the front must equal the
+    separate exact optima point by point."""
+    macs = sum(kwargs["macs"])
+    budgets = [int(macs * (6 + 30 * k / max(points - 1, 1))) for k in range(points)]
+    single = {k: v for k, v in kwargs.items() if k != "bitops_budget"}
+    fronts = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        front = solve_ilp_front(**single, sweep="bitops", budgets=budgets)
+        fronts.append(time.perf_counter() - start)
+    print(f"{points}-point BitOps front (w2a3 .. w6a6, size budget fixed):")
+    print(f"  one front search      {statistics.median(fronts):8.3f} s (median of {repeats})")
+    for solver in solvers:
+        start = time.perf_counter()
+        separate = [solve_ilp(**single, bitops_budget=b, solver=solver) for b in budgets]
+        seconds = time.perf_counter() - start
+        same = sum(abs(a.objective - b.objective) <= 1e-9 * abs(b.objective) for a, b in zip(front, separate))
+        print(f"  {points} x {solver:10} {seconds:8.3f} s  ({seconds / statistics.median(fronts):.1f}x the front; "
+              f"{same}/{points} points with the front's objective)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pickle", type=Path, default=DEFAULT_PICKLE, help="importance file (LIMPQ format)")
@@ -123,9 +148,15 @@ def main(argv=None):
     parser.add_argument("--bitops", default="w3a4", help="BitOps budget as wXaY")
     parser.add_argument("--compression-ratio", type=float, default=12.2)
     parser.add_argument("--breakdown", action="store_true", help="also profile where a CBC solve spends time")
+    parser.add_argument("--sweep", type=int, metavar="N", help="time an N-point BitOps front instead")
     args = parser.parse_args(argv)
 
     kwargs, source = load_problem(args.pickle, args.bitops, args.compression_ratio)
+    if args.sweep:
+        print(f"problem: ResNet-50, 52 layers x {len(CANDIDATES)} candidates, compression_ratio "
+              f"{args.compression_ratio}; indicators: {source}")
+        sweep_front(kwargs, args.sweep, min(args.repeats, 5), args.solvers or ["exact", "cbc"])
+        return
     solvers = args.solvers or ["auto", "exact", "cbc"] + (["highs"] if highs_available() else [])
     lo, hi = REFERENCE_SECONDS
     print(f"problem: ResNet-50, 52 layers x {len(CANDIDATES)} candidates, budgets bitops {args.bitops} "

@@ -221,8 +221,12 @@ def _search(levels: _Levels, rhs: np.ndarray, ub: float, beam: int | None, tol: 
     return choice, float(value[best])
 
 
-def solve_mckp(problem: ChoiceProblem) -> list[int]:
-    """Return an optimal option index per layer (raises SearchTooLarge when it would be slow)."""
+def solve_mckp(problem: ChoiceProblem, incumbent: list[int] | None = None) -> list[int]:
+    """Return an optimal option index per layer (raises SearchTooLarge when it would be slow).
+
+    `incumbent`, a feasible choice (the optimum of a smaller budget, in a sweep), is the first
+    upper bound; the beam search replaces it when it finds a better one.
+    """
     obj = problem.objective
     cost = problem.costs
     rhs = problem.rhs.astype(np.int64)
@@ -237,6 +241,8 @@ def solve_mckp(problem: ChoiceProblem) -> list[int]:
     tol = 1e-9 * max(1.0, float(np.abs(np.where(alive, mixed, 0.0)).max(axis=1).sum()))
 
     ub, best = np.inf, None
+    if incumbent is not None and problem.is_feasible(incumbent):
+        best, ub = list(incumbent), problem.value(incumbent)
     beam_levels = None
     for width in BEAM_WIDTHS:
         if beam_levels is None:
@@ -247,14 +253,43 @@ def solve_mckp(problem: ChoiceProblem) -> list[int]:
             beam_levels = None
         if best is None:
             continue
-        keep = _within_gap(alive, reduced, ub - phi, tol)
-        keep[np.arange(len(best)), best] = True  # the incumbent stays reachable despite rounding
-        try:
-            found = _search(_Levels(obj, cost, norm, rhs, keep, mus), rhs, ub, None, tol)
-        except SearchTooLarge:
-            continue
-        return best if found is None or found[1] > ub else found[0]
+        found = _prove(obj, cost, norm, rhs, alive, reduced, phi, mus, best, ub, tol)
+        if found is not None:
+            return found
     raise SearchTooLarge(f"no proof of optimality within {MAX_STATES} states per layer")
+
+
+def _prove(obj, cost, norm, rhs, alive, reduced, phi, mus, best, ub, tol):
+    """The optimum, by the full search below the incumbent `best` (value `ub`); None when the
+    state space outgrows MAX_STATES."""
+    keep = _within_gap(alive, reduced, ub - phi, tol)
+    keep[np.arange(len(best)), best] = True  # the incumbent stays reachable despite rounding
+    try:
+        found = _search(_Levels(obj, cost, norm, rhs, keep, mus), rhs, ub, None, tol)
+    except SearchTooLarge:
+        return None
+    return best if found is None or found[1] > ub else found[0]
+
+
+def solve_mckp_front(problem: ChoiceProblem, row: int, budgets) -> list[list[int]]:
+    """The optimum for every budget of row `row` (the other rows as in `problem`), in the order
+    given. The largest budget is solved first: its optimum is optimal for every budget it fits
+    (a tighter problem that it satisfies), which settles the top of a sweep where another row
+    binds. The rest are solved from the smallest up, each optimum the next one's first incumbent,
+    since a choice that fits a budget fits every larger one."""
+    def at(budget, incumbent=None):
+        rhs = problem.rhs.copy()
+        rhs[row] = int(budget)
+        return solve_mckp(ChoiceProblem(problem.objective, problem.costs, rhs, problem.labels), incumbent)
+
+    top = at(max(budgets))
+    top_usage = int(problem.usage(top)[row])
+    choices: list[list[int] | None] = [top if b >= top_usage else None for b in budgets]
+    previous = None
+    for i in sorted(range(len(budgets)), key=lambda i: budgets[i]):
+        if choices[i] is None:
+            previous = choices[i] = at(budgets[i], previous)
+    return choices
 
 
 def _within_gap(alive, reduced, gap, tol):

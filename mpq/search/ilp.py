@@ -27,7 +27,7 @@ import numpy as np
 
 from mpq.search.budget_rows import BudgetRow, budget_rows
 from mpq.search.choice_problem import ChoiceProblem
-from mpq.search.exact_mckp import SearchTooLarge, solve_mckp
+from mpq.search.exact_mckp import SearchTooLarge, solve_mckp, solve_mckp_front
 from mpq.search.ilp_heuristic import greedy_downgrade
 from mpq.search.pulp_milp import MilpUnavailable, highs_available, solve_milp
 from ..errors import InputError
@@ -188,11 +188,52 @@ def solve_ilp(names, weight_ind: list[dict[int, float]], act_ind: list[dict[int,
     problem, choice, status, label = _solve(full, solver, time_limit, greedy)
     if not problem.is_feasible(choice):
         raise RuntimeError(f"{label} returned a policy that breaks a budget (status {status})")
+    return _result(problem, choice, weight_ind, act_ind, alpha, status, label, time.perf_counter() - started,
+                   erased)
+
+
+def _result(problem, choice, weight_ind, act_ind, alpha, status, label, seconds, erased) -> IlpResult:
+    """The bits of `choice` and its objective, summed from the indicators as LIMPQ states it."""
     w_bits = [problem.labels[l][p][0] for l, p in enumerate(choice)]
     a_bits = [problem.labels[l][p][1] for l, p in enumerate(choice)]
     objective = sum(float(act_ind[l][a]) + alpha * float(weight_ind[l][w])
                     for l, (w, a) in enumerate(zip(w_bits, a_bits)))
-    return IlpResult(w_bits, a_bits, objective, status, label, time.perf_counter() - started, erased)
+    return IlpResult(w_bits, a_bits, objective, status, label, seconds, erased)
+
+
+def solve_ilp_front(names, weight_ind: list[dict[int, float]], act_ind: list[dict[int, float]], macs: list[int],
+                    params: list[int], candidates: list[int], *, sweep: str, budgets: list[int],
+                    bitops_budget: int | None = None, size_budget_bits: int | None = None, alpha: float = 2.0,
+                    erase_non_monotone: bool = True, avg_w_max: float | None = None,
+                    avg_a_max: float | None = None) -> list[IlpResult]:
+    """The proven optimum at every budget of a sweep of one row (`sweep`: 'bitops' or 'size',
+    searchable part, `budgets` in any order; the other budgets fixed), in one exact search: the
+    problem is built and pruned once and each optimum starts the proof of the next larger budget.
+    Each result's `seconds` is the whole front's. Falls back to one solve_ilp per budget when the
+    exact search grows too large."""
+    started = time.perf_counter()
+    if sweep not in ("bitops", "size") or not budgets:
+        raise InputError(f"a front sweeps the bitops or size row over at least one budget, not {sweep!r}")
+    names = list(names)
+    cands = _check_inputs(names, weight_ind, act_ind, macs, params, candidates, alpha)
+    fixed = {"bitops_budget": bitops_budget, "size_budget_bits": size_budget_bits}
+    fixed[{"bitops": "bitops_budget", "size": "size_budget_bits"}[sweep]] = min(budgets)
+    rows = budget_rows([int(v) for v in macs], [int(v) for v in params], **fixed, avg_w_max=avg_w_max,
+                       avg_a_max=avg_a_max)
+    w_allowed, a_allowed, erased = _erase(names, weight_ind, act_ind, cands, erase_non_monotone)
+    _check_feasible(rows, w_allowed, a_allowed)   # at the smallest budget: then at every one
+    pruned = _choice_problem(w_allowed, a_allowed, weight_ind, act_ind, alpha, rows).without_dominated()
+    row = [r.name for r in rows].index(sweep)
+    try:
+        choices = solve_mckp_front(pruned, row, budgets)
+    except SearchTooLarge:
+        return [solve_ilp(names, weight_ind, act_ind, macs, params, candidates, alpha=alpha,
+                          erase_non_monotone=erase_non_monotone, avg_w_max=avg_w_max, avg_a_max=avg_a_max,
+                          **{**fixed, {"bitops": "bitops_budget", "size": "size_budget_bits"}[sweep]: b})
+                for b in budgets]
+    seconds = time.perf_counter() - started
+    return [_result(pruned, choice, weight_ind, act_ind, alpha, "Optimal", "exact-mckp-front", seconds, erased)
+            for choice in choices]
 
 
 def search_ilp(policy_cfg: dict, cost, candidates, *, importance_path=None, settings: dict | None = None,

@@ -8,7 +8,7 @@ import pytest
 
 from mpq.search import exact_mckp, ilp
 from mpq.search.choice_problem import ChoiceProblem
-from mpq.search.ilp import InfeasibleBudget, allowed_bits, solve_ilp
+from mpq.search.ilp import InfeasibleBudget, allowed_bits, solve_ilp, solve_ilp_front
 from mpq.search.pulp_milp import MilpUnavailable, highs_available
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -192,6 +192,48 @@ def test_exact_search_matches_milp_on_network_sized_problems(seed, n, budgets):
     milp = solve_ilp(names, w_ind, a_ind, macs, params, CANDS, solver="cbc", **kw)
     assert exact.solver == "exact-mckp" and milp.solver == "cbc"
     assert exact.objective == pytest.approx(milp.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed, n, sweep", [(11, 4, "bitops"), (12, 3, "size"), (13, 4, "bitops")])
+def test_front_matches_brute_force_at_every_budget(seed, n, sweep):
+    """One front search: every point is the brute-force optimum of its own budget."""
+    rng = random.Random(seed)
+    cands = [6, 4, 2]
+    names, w_ind, a_ind, macs, params = _random_instance(rng, n, cands)
+    scale = sum(macs) if sweep == "bitops" else sum(params)
+    lo, hi = (4 * 1.05, 36) if sweep == "bitops" else (2 * 1.05, 6)
+    budgets = [int(scale * (lo + (hi - lo) * k / 7)) for k in (3, 0, 7, 1, 5, 2, 6, 4)]   # any order
+    front = solve_ilp_front(names, w_ind, a_ind, macs, params, cands, sweep=sweep, budgets=budgets,
+                            erase_non_monotone=False)   # erasure could lift the floor above the budgets
+    for budget, res in zip(budgets, front):
+        bitops, size = (budget, None) if sweep == "bitops" else (None, budget)
+        assert res.objective == pytest.approx(_brute_force(w_ind, a_ind, macs, params, cands, bitops, size, 2.0, False))
+        used = (sum(m * w * a for m, w, a in zip(macs, res.w_bits, res.a_bits)) if sweep == "bitops"
+                else sum(p * w for p, w in zip(params, res.w_bits)))
+        assert used <= budget and res.status == "Optimal" and res.solver == "exact-mckp-front"
+
+
+def test_front_equals_single_budget_optima_on_a_network_sized_problem():
+    """A 12-point BitOps front under a fixed size budget, each point against its own exact solve."""
+    rng = random.Random(5)
+    names, w_ind, a_ind, macs, params = _limpq_like(rng, 40)
+    budgets = [int(f * sum(macs)) for f in np.linspace(9, 20, 12)]
+    size = int(4.0 * sum(params))
+    front = solve_ilp_front(names, w_ind, a_ind, macs, params, CANDS, sweep="bitops", budgets=budgets,
+                            size_budget_bits=size)
+    for budget, res in zip(budgets, front):
+        single = solve_ilp(names, w_ind, a_ind, macs, params, CANDS, bitops_budget=budget, size_budget_bits=size,
+                           solver="exact")
+        assert res.objective == pytest.approx(single.objective, rel=1e-12)
+    assert [r.objective for r in front] == sorted((r.objective for r in front), reverse=True)
+
+
+def test_front_refuses_an_unreachable_smallest_budget():
+    rng = random.Random(3)
+    names, w_ind, a_ind, macs, params = _limpq_like(rng, 10)
+    with pytest.raises(InfeasibleBudget, match="bitops budget"):
+        solve_ilp_front(names, w_ind, a_ind, macs, params, CANDS, sweep="bitops",
+                        budgets=[sum(macs), 10 * sum(macs)])
 
 
 def test_same_inputs_same_result():
