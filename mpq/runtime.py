@@ -105,6 +105,9 @@ def run_stage(main) -> None:
     setup_logging()
     try:
         main()
+        # Every rank leaves the process group together: gloo aborts a rank whose peer is still
+        # working while it tears its connections down ("terminate called without an active exception").
+        distributed.barrier()
         if _TIMING:
             from .io import atomic_write_text
 
