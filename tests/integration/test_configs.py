@@ -1,4 +1,5 @@
 """The shipped CIFAR-10 (GPU, CPU, fidelity) and ImageNet configs pass the schema and dry-run without touching data."""
+import json
 import os
 import re
 import subprocess
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from mpq.config import spec_missing_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,6 +43,9 @@ def test_config_dry_runs(tmp_path, name, arch, loader):
     assert int(jobs["evaluate"]) == len(config["policies"]) and int(jobs["pretrain"]) == 1
     assert f'"arch":"{arch}"' in proc.stdout and f'"loader":"{loader}"' in proc.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+    # Stages fill in no defaults: every config section a job's spec carries is resolved whole.
+    specs = [json.loads(text) for text in re.findall(r"\$MPQ_RUN_\w+ --spec '(\{.*?\})'", proc.stdout)]
+    assert len(specs) >= int(jobs["total"]) // 2 and all(spec_missing_keys(s) == [] for s in specs)
     if name == "imagenet":   # 4 GPUs per training job: launched under torchrun
         assert "rule pretrain starts under python -m torch.distributed.run --standalone --nproc_per_node=4" in proc.stderr
 
