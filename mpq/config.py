@@ -43,14 +43,19 @@ def _coerce(value, schema: dict):
     return value
 
 
+def resolve_ref(node: dict, root: dict) -> dict:
+    """`node` with its local `$ref` ("#/$defs/bitpair") replaced by the target, its own keys on top."""
+    if "$ref" not in node:
+        return node
+    target = root
+    for part in node["$ref"].split("/")[1:]:
+        target = target[part]
+    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+
+
 def _apply_defaults_and_coerce(node, schema: dict, root: dict):
     """Fill `default`s of object properties and coerce string scalars, recursively."""
-    if "$ref" in schema:
-        ref = schema["$ref"].split("/")[1:]
-        target = root
-        for part in ref:
-            target = target[part]
-        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    schema = resolve_ref(schema, root)
     if isinstance(node, dict) and schema.get("type") in ("object", None):
         props = schema.get("properties", {})
         for key, sub in props.items():
@@ -119,16 +124,17 @@ def _cached_schema() -> dict:
     return load_schema()
 
 
-def _section(schema: dict, path: str) -> dict:
+def schema_section(schema: dict, path: str) -> dict:
+    """The schema of the config section at `path` ("importance.rfquant", "finetune.*")."""
     node = schema
     for part in path.split("."):
         node = node["additionalProperties"] if part == "*" else node["properties"][part]
-    return node
+    return resolve_ref(node, schema)
 
 
 def section_keys(path: str) -> set[str]:
     """The keys the schema allows in the config section at `path`."""
-    return set(_section(_cached_schema(), path)["properties"])
+    return set(schema_section(_cached_schema(), path)["properties"])
 
 
 def section_defaults(path: str, given: dict | None = None) -> dict:
@@ -136,7 +142,7 @@ def section_defaults(path: str, given: dict | None = None) -> dict:
     section_defaults("importance.rfquant"), section_defaults("finetune.*", {"method": "ptq"}):
     the one place the library and its tests take defaults from (`*` is any name)."""
     schema = _cached_schema()
-    return _apply_defaults_and_coerce(copy.deepcopy(given or {}), _section(schema, path), schema)
+    return _apply_defaults_and_coerce(copy.deepcopy(given or {}), schema_section(schema, path), schema)
 
 
 # Where each whole config section a stage's --spec carries sits in the config. Not here: the
@@ -161,11 +167,9 @@ def spec_missing_keys(spec: dict) -> list[str]:
     """The keys with a schema default that a stage's --spec leaves out of the config sections it
     carries ("dataset.workers"): stages fill in nothing, so a default changed in the schema reruns
     the rules whose specs carry it."""
-    missing = []
-    for key, path in SPEC_SECTIONS.items():
-        if _carried_whole(key, spec):
-            missing += [f"{key}.{k}" for k in section_defaults(path, spec[key]) if k not in spec[key]]
-    return missing
+    filled = resolve_spec(spec)
+    return [f"{key}.{k}" for key in SPEC_SECTIONS if _carried_whole(key, spec)
+            for k in filled[key] if k not in spec[key]]
 
 
 def validate_config(config: dict, schema: dict) -> dict:

@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from .config import load_schema
+from .config import load_schema, resolve_ref, schema_section
 from .io import atomic_write_text
 
 README = Path(__file__).resolve().parents[1] / "config" / "README.md"
@@ -25,23 +25,11 @@ TYPE_NAMES = {"integer": "int", "number": "float", "boolean": "bool", "string": 
               "null": "null"}
 
 
-def _resolve(node: dict, schema: dict) -> dict:
-    if "$ref" not in node:
-        return node
-    target = schema
-    for part in node["$ref"].split("/")[1:]:
-        target = target[part]
-    return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-
-
 def section_node(schema: dict, section: str) -> dict:
     if section == "top":
         return {"properties": {k: v for k, v in schema["properties"].items() if v.get("type") != "object"},
                 "required": schema.get("required", [])}
-    node = schema
-    for part in section.split("."):
-        node = node["additionalProperties"] if part == "*" else node["properties"][part]
-    return _resolve(node, schema)
+    return schema_section(schema, section)
 
 
 def _value(value) -> str:
@@ -109,7 +97,7 @@ def rows(schema: dict, section: str) -> list[tuple[str, str, str, str]]:
 
     def walk(node: dict, prefix: str):
         for key, sub in node.get("properties", {}).items():
-            sub = _resolve(sub, schema)
+            sub = resolve_ref(sub, schema)
             if sub.get("type") == "object" and "properties" in sub:
                 walk(sub, f"{prefix}{key}.")
                 continue

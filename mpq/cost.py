@@ -22,9 +22,6 @@ MIB_BITS = 8 * 2**20
 GIGA = 10**9
 FP32_BITS = 32
 
-BITOPS_KEYS = BITOPS_BUDGETS
-SIZE_KEYS = SIZE_BUDGETS
-
 
 @dataclass(frozen=True)
 class LayerCost:
@@ -164,11 +161,11 @@ def _check_budget_keys(budget: dict) -> None:
     if not isinstance(budget, dict) or not budget:
         raise InputError(
             "budget is empty; give one of bitops ('wXaY'), bitops_g, size_mb, compression_ratio, avg_weight_bits")
-    unknown = sorted(set(budget) - set(BITOPS_KEYS) - set(SIZE_KEYS))
+    unknown = sorted(set(budget) - set(BITOPS_BUDGETS) - set(SIZE_BUDGETS))
     if unknown:
         raise InputError(f"unknown budget key(s) {unknown}; use bitops ('wXaY') or bitops_g, "
                          "and/or size_mb, compression_ratio or avg_weight_bits")
-    for group in (BITOPS_KEYS, SIZE_KEYS):
+    for group in (BITOPS_BUDGETS, SIZE_BUDGETS):
         given = [key for key in group if key in budget]
         if len(given) > 1:
             raise InputError(f"budget gives both {given[0]} and {given[1]}; keep only one of them")

@@ -216,8 +216,8 @@ def solve_ilp_front(names, weight_ind: list[dict[int, float]], act_ind: list[dic
         raise InputError(f"a front sweeps the bitops or size row over at least one budget, not {sweep!r}")
     names = list(names)
     cands = _check_inputs(names, weight_ind, act_ind, macs, params, candidates, alpha)
-    fixed = {"bitops_budget": bitops_budget, "size_budget_bits": size_budget_bits}
-    fixed[{"bitops": "bitops_budget", "size": "size_budget_bits"}[sweep]] = min(budgets)
+    swept = {"bitops": "bitops_budget", "size": "size_budget_bits"}[sweep]
+    fixed = {"bitops_budget": bitops_budget, "size_budget_bits": size_budget_bits, swept: min(budgets)}
     rows = budget_rows([int(v) for v in macs], [int(v) for v in params], **fixed, avg_w_max=avg_w_max,
                        avg_a_max=avg_a_max)
     w_allowed, a_allowed, erased = _erase(names, weight_ind, act_ind, cands, erase_non_monotone)
@@ -229,7 +229,7 @@ def solve_ilp_front(names, weight_ind: list[dict[int, float]], act_ind: list[dic
     except SearchTooLarge:
         return [solve_ilp(names, weight_ind, act_ind, macs, params, candidates, alpha=alpha,
                           erase_non_monotone=erase_non_monotone, avg_w_max=avg_w_max, avg_a_max=avg_a_max,
-                          **{**fixed, {"bitops": "bitops_budget", "size": "size_budget_bits"}[sweep]: b})
+                          **{**fixed, swept: b})
                 for b in budgets]
     seconds = time.perf_counter() - started
     return [_result(pruned, choice, weight_ind, act_ind, alpha, "Optimal", "exact-mckp-front", seconds, erased)
