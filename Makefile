@@ -28,7 +28,7 @@ run: setup
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: setup setup-dali
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 clean-results:
 	rm -rf results/

@@ -9,7 +9,8 @@
 # Idempotent: `up` on a running cluster only checks it. Everything lives under $MPQ_SLURM_DIR
 # (default /tmp/mpq-slurm): slurm.conf, gres.conf, state, spool, logs, PID files. No accounting
 # (slurmdbd): Snakemake's SLURM plugin must then query job status with `squeue`, which holds as
-# long as MinJobAge (300 s here) is at least 3 x its first status-check delay.
+# long as MinJobAge (3600 s here: the tests read the records of a whole run after it ends) outlasts
+# the gap between two status checks (up to 180 s).
 # Exit status 3 with one line on stderr where SLURM cannot run here (not root, no apt-get).
 set -euo pipefail
 
@@ -67,7 +68,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 ReturnToService=2
-MinJobAge=300
+MinJobAge=3600
 KillWait=5
 JobRequeue=1
 MpiDefault=none

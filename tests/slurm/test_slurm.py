@@ -62,12 +62,37 @@ def submit_command(workdir: Path) -> list[str]:
 
 
 def run_on_slurm(cluster, workdir: Path, timeout=1200) -> subprocess.CompletedProcess:
-    return subprocess.run(submit_command(workdir), capture_output=True, text=True, timeout=timeout,
-                          env=cluster, cwd=workdir)
+    """Snakemake through SLURM; past `timeout` it is stopped and the test fails with what SLURM and
+    Snakemake were doing then (a hang on a CI machine must explain itself)."""
+    proc = subprocess.Popen(submit_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cluster, cwd=workdir, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        state = cluster_state(cluster)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"snakemake did not end within {timeout} s\n{state}\n--- snakemake, last lines:\n"
+                    + "\n".join((out + err).splitlines()[-60:]))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def cluster_state(cluster) -> str:
+    """The queue, the node and the controller's last log lines, for a failure message."""
+    def run(*cmd):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=cluster, timeout=30)
+            return done.stdout + done.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{cmd[0]}: {exc}"
+    log = Path(os.environ.get("MPQ_SLURM_DIR", "/tmp/mpq-slurm")) / "log/slurmctld.log"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else "(no log)"
+    return (f"--- squeue --states=all:\n{run('squeue', '--states=all', '-o', '%i %j %T %M %R')}"
+            f"--- sinfo -N:\n{run('sinfo', '-N', '-o', '%N %T %C %m %E')}--- slurmctld.log, last lines:\n{tail}")
 
 
 def job_record(cluster, jobid: str) -> dict:
-    """SLURM's record of a job (kept MinJobAge = 300 s after it ends)."""
+    """SLURM's record of a job (kept MinJobAge seconds after it ends)."""
     out = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True, env=cluster).stdout
     return dict(re.findall(r"(\w[\w/:]*)=(\S*)", out))
 
