@@ -14,11 +14,7 @@ import jsonschema
 
 from .io import read_yaml
 from .registry import SEARCH_METHODS
-from .errors import InputError
-
-
-class ConfigError(InputError):
-    """A config that does not match the schema; the message is one line naming the key."""
+from .errors import ConfigError, InputError  # noqa: F401  (ConfigError: raised here, imported from here)
 
 
 def _path(parts) -> str:
@@ -180,6 +176,12 @@ def validate_config(config: dict, schema: dict) -> dict:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(f"config error: {_one_line(best)}")
+    if "policies" in cfg:   # points are policies the schema's per-policy defaults apply to
+        from .sweeps import expand_sweeps
+
+        points = expand_sweeps(cfg["policies"])
+        if points != cfg["policies"]:
+            return validate_config({**cfg, "policies": points}, schema)
     _check_policies(cfg)
     return cfg
 
@@ -215,6 +217,9 @@ def _check_policies(cfg: dict) -> None:
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} works on importance "
                                   f"{' or '.join(wanted)}, not {pol['importance']!r}")
         recipe = pol.get("finetune", "none")
+        if pol.get("front_job") and not (pol["search"] == "greedy" and recipe == "none" and "front" in pol):
+            raise ConfigError(f"config error: {where}.front_job: only an RFQuant point without retraining (search "
+                              f"greedy, finetune none, in a front: a sweep's point) runs in a front job; remove it")
         if recipe != "none" and recipe not in recipes:
             raise ConfigError(f"config error: {where}.finetune: recipe {recipe!r} is not defined under "
                               f"finetune: (have {', '.join(sorted(recipes)) or 'none'})")

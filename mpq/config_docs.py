@@ -40,7 +40,10 @@ def _value(value) -> str:
     return json.dumps(value).replace('"', "") if not isinstance(value, str) else value
 
 
-def type_of(node: dict) -> str:
+def type_of(node: dict, schema: dict | None = None) -> str:
+    if "anyOf" in node:   # e.g. a budget: one value, a list of them, or a sweep
+        alternatives = [resolve_ref(alt, schema) if schema else alt for alt in node["anyOf"]]
+        return " or ".join(dict.fromkeys(alt.get("title") or type_of(alt, schema) for alt in alternatives))
     if "enum" in node:
         return " \\| ".join(_value(v) for v in node["enum"])
     kinds = node.get("type", "")
@@ -49,6 +52,7 @@ def type_of(node: dict) -> str:
     for kind in kinds:
         if kind == "array":
             items = node.get("items", {})
+            items = resolve_ref(items, schema) if schema else items
             item = TYPE_NAMES.get(items.get("type"), "value")
             if node.get("minItems") == node.get("maxItems") == 2:
                 names.append(f"[{item}, {item}]")
@@ -101,7 +105,7 @@ def rows(schema: dict, section: str) -> list[tuple[str, str, str, str]]:
             if sub.get("type") == "object" and "properties" in sub:
                 walk(sub, f"{prefix}{key}.")
                 continue
-            found.append((f"`{prefix}{key}`", type_of(sub), default_of(key, sub, node),
+            found.append((f"`{prefix}{key}`", type_of(sub, schema), default_of(key, sub, node),
                           sub.get("description", "").replace("|", "\\|")))
 
     walk(section_node(schema, section), "")

@@ -333,11 +333,7 @@ class CostModel:
         _check_budget_keys(budget)
         bitops = total_bitops = size = total_size = None
         if "bitops" in budget:
-            if not isinstance(budget["bitops"], str):
-                raise InputError(f"budget bitops={budget['bitops']!r} must be a 'wXaY' string; "
-                                 "for an absolute target in G use bitops_g")
-            x, y = parse_wxay(budget["bitops"])
-            bitops = x * y * sum(self.macs)
+            bitops = self._uniform_share(budget["bitops"])
         if "bitops_g" in budget:
             target = math.floor(_positive_fraction("bitops_g", budget["bitops_g"]) * GIGA)
             bitops = target - self.fixed_bitops
@@ -367,6 +363,18 @@ class CostModel:
             raise InputError(f"budget {_budget_text(budget)} asks for {total_size / MIB_BITS:.4f} MiB, above the "
                              f"FP32 model's {self.fp32_size_mib:.4f} MiB; lower it")
         return SearchBudget(bitops, size, total_bitops, total_size)
+
+    def _uniform_share(self, value) -> int:
+        """Searchable BitOps of a `bitops` budget: uniform 'wXaY', or a sweep's point `{between:
+        [wXaY, wXaY], at: t}`, t of the way from the first to the second (floored)."""
+        if isinstance(value, dict) and set(value) == {"between", "at"} and 0 <= value["at"] <= 1:
+            (x0, y0), (x1, y1) = (parse_wxay(v) for v in value["between"])
+            return math.floor(((1 - value["at"]) * x0 * y0 + value["at"] * x1 * y1) * sum(self.macs))
+        if not isinstance(value, str):
+            raise InputError(f"budget bitops={value!r} must be a 'wXaY' string or a sweep's point "
+                             "{between: [wXaY, wXaY], at: 0..1}; for an absolute target in G use bitops_g")
+        x, y = parse_wxay(value)
+        return x * y * sum(self.macs)
 
     def _searchable_size(self, key: str, value, target_bits: int) -> int:
         size = target_bits - self.fixed_size_bits

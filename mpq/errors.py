@@ -14,6 +14,10 @@ class InputError(MpqError, ValueError):
     """Something the user gave (config, checkpoint, pickle, policy, data folder) cannot be used."""
 
 
+class ConfigError(InputError):
+    """A config that does not match the schema; the message is one line naming the key."""
+
+
 class MissingInput(InputError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 

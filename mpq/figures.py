@@ -79,12 +79,21 @@ def plot_front(summary: pd.DataFrame, x: str, xlabel: str, outputs, title: str) 
         marker, color = _style(method, seen)
         ax.scatter(group[x], group["top1"], s=70, marker=marker, color=color, label=method, zorder=3,
                    edgecolors="white", linewidths=0.6)
+    fronts = quant["front"].fillna("").astype(str) if "front" in quant else None
+    labels = list(quant["policy"])
+    if fronts is not None:   # a sweep: its points joined in cost order, named once at the cheapest
+        for name, group in quant[fronts != ""].groupby(fronts[fronts != ""], sort=True):
+            group = group.sort_values(x)
+            _, color = _style(_method_label(group.iloc[0]), seen)
+            ax.plot(group[x], group["top1"], color=color, lw=1, alpha=0.6, zorder=2)
+            for i in group.index:
+                labels[i] = name if i == group.index[0] else ""
     if len(quant):
         front = pareto_front(list(quant[x]), list(quant["top1"]))
         pts = quant.loc[front].sort_values(x)
         ax.step(pts[x], pts["top1"], where="post", color="tab:red", lw=1.5, alpha=0.8, zorder=2,
                 label="Pareto front")
-    _place_labels(ax, list(quant["policy"]), list(quant[x]), list(quant["top1"]))
+    _place_labels(ax, labels, list(quant[x]), list(quant["top1"]))
     if len(fp32):
         ax.axhline(float(fp32["top1"].iloc[0]), color="black", ls="--", lw=1,
                    label=f"FP32 ({float(fp32[x].iloc[0]):.4g} {xlabel.split('(')[-1].rstrip(')')})")
@@ -113,6 +122,8 @@ def _place_labels(ax, labels, xs, ys) -> None:
     points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
     placed = []
     for i in sorted(range(len(labels)), key=lambda i: (-ys[i], xs[i])):
+        if not labels[i]:   # a sweep's other points: its curve is named once
+            continue
         chosen = None
         for dx, dy in LABEL_OFFSETS:
             text = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),

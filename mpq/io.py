@@ -73,6 +73,11 @@ def timing_path(output) -> Path:
     return output.with_name(output.name.split(".", 1)[0] + ".timing.json")
 
 
+def write_benchmark(path, seconds: float) -> None:
+    """A stage's wall time as the workflow's benchmark TSV (column `s`), which summary.csv reads."""
+    atomic_write_text(path, f"s\n{seconds:.4f}\n")
+
+
 def write_timing(output, **seconds) -> None:
     atomic_write_json(timing_path(output), {k: round(float(v), 3) for k, v in seconds.items() if v is not None})
 

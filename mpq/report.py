@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 from .registry import IMPORTANCE_RULES
 
-COLUMNS = ["policy", "search", "importance", "finetune", "budget", "bitops_g", "size_mb", "compression_ratio",
+COLUMNS = ["policy", "front", "search", "importance", "finetune", "budget", "bitops_g", "size_mb", "compression_ratio",
            "avg_w_bits", "avg_a_bits", "top1", "start_top1", "below_start", "top5", "loss", "time_pretrain_s",
            "time_importance_s", "time_search_s", "time_finetune_s", "time_evaluate_s"]
 
@@ -19,7 +19,15 @@ COLUMNS = ["policy", "search", "importance", "finetune", "budget", "bitops_g", "
 def _budget_text(budget) -> str:
     if not budget:
         return ""
-    return ";".join(f"{k}={v}" for k, v in budget.items() if v is not None)
+    return ";".join(f"{k}={_value_text(v)}" for k, v in budget.items() if v is not None)
+
+
+def _value_text(value) -> str:
+    """A budget value as the summary shows it; a sweep's point between two uniform BitOps is
+    `w2a3..w6a6@0.25` (a quarter of the way)."""
+    if isinstance(value, dict) and "between" in value:
+        return f"{value['between'][0]}..{value['between'][1]}@{value['at']:g}"
+    return str(value)
 
 
 def start_comparison(finetune_metrics: dict, top1: float) -> dict:
@@ -30,6 +38,14 @@ def start_comparison(finetune_metrics: dict, top1: float) -> dict:
     start = float(finetune_metrics["start_top1"])
     return {"start_top1": start, "start_top5": finetune_metrics.get("start_top5"),
             "below_start": bool(top1 < start)}
+
+
+def policy_metrics(name: str, cfg: dict, result: dict, policy, cost, finetune_metrics: dict) -> dict:
+    """metrics.json of one policy: its config, test metrics, cost and bits, and the finetune's start."""
+    return {"policy": name, "front": cfg.get("front"), "search": cfg["search"], "importance": cfg.get("importance"),
+            "finetune": cfg.get("finetune"), "budget": cfg.get("budget") or {"bits": cfg.get("bits")},
+            **result, **policy.cost_summary(cost), "w_bits": policy.w_bits, "a_bits": policy.a_bits,
+            **start_comparison(finetune_metrics or {}, result["top1"])}
 
 
 def below_start_policies(table: pd.DataFrame) -> list[str]:
@@ -51,7 +67,7 @@ def read_benchmarks(paths) -> dict:
 
 def summary_table(fp32: dict, policies: list[dict], times: dict | None = None) -> pd.DataFrame:
     times = times or {}
-    rows = [{"policy": "fp32", "search": "", "importance": "", "finetune": "", "budget": "",
+    rows = [{"policy": "fp32", "front": "", "search": "", "importance": "", "finetune": "", "budget": "",
              "bitops_g": fp32["bitops_g"], "size_mb": fp32["size_mb"], "compression_ratio": 1.0,
              "avg_w_bits": 32.0, "avg_a_bits": 32.0, "top1": fp32["top1"], "top5": fp32["top5"],
              "loss": fp32["loss"], "time_pretrain_s": times.get(("pretrain", None))}]
@@ -59,6 +75,7 @@ def summary_table(fp32: dict, policies: list[dict], times: dict | None = None) -
         row = {k: m.get(k) for k in COLUMNS}
         row["budget"] = _budget_text(m.get("budget"))
         row["importance"] = m.get("importance") or ""
+        row["front"] = m.get("front") or ""
         name = m["policy"]
         rules = IMPORTANCE_RULES.get(row["importance"], ())
         if rules and all((r, None) in times for r in rules):

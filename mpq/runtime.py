@@ -109,9 +109,9 @@ def run_stage(main) -> None:
         # working while it tears its connections down ("terminate called without an active exception").
         distributed.barrier()
         if _TIMING:
-            from .io import atomic_write_text
+            from .io import write_benchmark
 
-            atomic_write_text(_TIMING[0], f"s\n{time.perf_counter() - _TIMING[1]:.4f}\n")
+            write_benchmark(_TIMING[0], time.perf_counter() - _TIMING[1])
     except resume.Interrupted as e:
         where = resume.active()
         kept = f"; the last completed epoch is saved in {where.path}, rerun to continue" if where else ""

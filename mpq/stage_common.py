@@ -59,3 +59,11 @@ def load_policy_for(path, spec: dict):
     if not (method in SEARCH_METHODS and SEARCH_METHODS[method].own_bit_range) and "quant" in spec:
         policy.check_candidates(spec["quant"]["candidates"], source=str(path))
     return policy
+
+
+def check_supernet_model(ckpt: dict, spec: dict, path) -> None:
+    """A supernet checkpoint is for the configured model, or one line says to retrain it."""
+    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
+    if ckpt["arch"] != arch or ckpt["num_classes"] != num_classes:
+        raise InputError(f"{path}: supernet is for {ckpt['arch']}/{ckpt['num_classes']} classes but the "
+                         f"model is {arch}/{num_classes}; rerun train_supernet")

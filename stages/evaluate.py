@@ -7,7 +7,7 @@ from mpq.cost import CostModel
 from mpq import models
 from mpq.data import make_loader
 from mpq.io import atomic_write_json, write_timing
-from mpq.report import start_comparison
+from mpq.report import policy_metrics
 from mpq.runtime import begin_stage, resolve_device, run_stage, stage_parser
 from mpq.stage_common import load_data
 from mpq.train import evaluate
@@ -29,12 +29,7 @@ def main():
                                                     workers=spec["dataset"]["workers"]), device)
     cost = CostModel.from_model(models.create(policy.arch, num_classes=policy.num_classes), policy.image_size,
                                 fixed_bits=policy.fixed_bits)
-    cfg = spec["policy"]
-    metrics = {"policy": spec["policy_name"], "search": cfg["search"], "importance": cfg.get("importance"),
-               "finetune": cfg.get("finetune"), "budget": cfg.get("budget") or {"bits": cfg.get("bits")},
-               **result, **policy.cost_summary(cost),
-               "w_bits": policy.w_bits, "a_bits": policy.a_bits,
-               **start_comparison(ckpt.get("metrics") or {}, result["top1"])}
+    metrics = policy_metrics(spec["policy_name"], spec["policy"], result, policy, cost, ckpt.get("metrics"))
     if metrics.get("below_start"):
         log.warning("policy %s ended below its finetune start: top-1 %.2f at the start, %.2f at the end",
                     spec["policy_name"], metrics["start_top1"], result["top1"])

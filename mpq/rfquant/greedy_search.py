@@ -48,6 +48,7 @@ class GreedyResult:
     bitops: int
     moves: list[Move] = field(default_factory=list)
     held: int = 0              # steps whose best move raised a layer at the floor: not applied
+    seconds: float = 0.0       # wall time of this limit's two phases
 
 
 def uniform_bit_for(limit: int, cost: CostModel, bits: Sequence[int]) -> int:
@@ -159,14 +160,14 @@ def bidirectional_greedy(w_lists, a_lists, cost: CostModel, limits: Sequence[int
     results = []
     for limit in sorted((int(x) for x in limits), reverse=True):
         k = uniform_bit_for(limit, cost, all_bits)
-        first, held = len(search.moves), search.held
+        first, held, started = len(search.moves), search.held, time.perf_counter()
         # The reference: 0.95 * BitOps(w = k, a = start_bits). The current a-bits equal start_bits for the
         # first limit; for later limits they were lowered already, and that target would then
         # skip phase 1 and leave phase 2 unable to reach the budget.
         search.phase("w", phase1_margin * search.bitops([k] * len(w_lists), None), hard=False)
         search.phase("a", limit, hard=True)
         results.append(GreedyResult(limit, list(search.bits["w"]), list(search.bits["a"]), search.bitops(),
-                                    search.moves[first:], search.held - held))
+                                    search.moves[first:], search.held - held, time.perf_counter() - started))
     return results
 
 
@@ -212,16 +213,31 @@ def greedy_settings(settings: dict | None) -> dict:
 def greedy_policy(policy_cfg: dict, cost: CostModel, supernet_path, data, settings: dict | None, seed: int,
                   device) -> tuple[list[int], list[int], dict]:
     """Search one policy's BitOps budget on the supernet; returns (w_bits, a_bits, metadata)."""
-    from ..data import split_holdout
     from .supernet import load_supernet
+
+    t0 = time.perf_counter()
+    [(w, a, meta)] = greedy_front([policy_cfg], cost, load_supernet(supernet_path), supernet_path, data,
+                                  settings, seed, device)
+    meta["seconds"] = round(time.perf_counter() - t0, 6)
+    return w, a, meta
+
+
+def greedy_front(policy_cfgs: Sequence[dict], cost: CostModel, loaded, supernet_path, data, settings: dict | None,
+                 seed: int, device) -> list[tuple[list[int], list[int], dict]]:
+    """Search several BitOps budgets on one loaded supernet (`load_supernet`'s triple) in one pass,
+    largest first with the bits carried from one to the next (the reference's multi-limit search);
+    returns (w_bits, a_bits, metadata) per policy, in the order given. `seconds`: each limit's own."""
+    from ..data import split_holdout
     from ..io import sha256_file
 
     cfg = greedy_settings(settings)
-    budget = cost.searchable_budget(policy_cfg.get("budget") or {})
-    if budget.total_bitops is None or budget.size_bits is not None:
-        raise InputError("search 'greedy' takes a BitOps budget only (budget.bitops 'wXaY' or budget.bitops_g)")
-    t0 = time.perf_counter()
-    model, state, ckpt = load_supernet(supernet_path)
+    limits = []
+    for policy_cfg in policy_cfgs:
+        budget = cost.searchable_budget(policy_cfg.get("budget") or {})
+        if budget.total_bitops is None or budget.size_bits is not None:
+            raise InputError("search 'greedy' takes a BitOps budget only (budget.bitops 'wXaY' or budget.bitops_g)")
+        limits.append(budget.total_bitops)
+    model, state, ckpt = loaded
     if state.names != list(cost.names):
         raise InputError(f"{supernet_path}: supernet layers differ from the model's; rerun train_supernet")
     model.to(device)
@@ -230,18 +246,25 @@ def greedy_policy(policy_cfg: dict, cost: CostModel, supernet_path, data, settin
     if holdout["fraction"] > 0:
         scored = split_holdout(data.train, holdout["fraction"], holdout["seed"])[1]
     batches = scoring_batches(scored, int(cfg["batch_size"]), seed, bool(cfg["augment"]), device)
-    [result] = bidirectional_greedy(
-        state.w, state.a, cost, [budget.total_bitops],
+    order = sorted(range(len(limits)), key=lambda i: -limits[i])   # as bidirectional_greedy visits them
+    results = bidirectional_greedy(
+        state.w, state.a, cost, [limits[i] for i in order],
         lambda w, a, batch: batch_error(model, w, a, batch), batches,
         start_bits=int(cfg["start_bits"]), min_bits=int(cfg["min_bits"]), err_weight=float(cfg["err_weight"]),
         phase1_margin=float(cfg["phase1_margin"]), max_steps=cfg["max_steps"])
-    meta = {"method": "greedy", "supernet": str(supernet_path), "supernet_sha256": sha256_file(supernet_path),
-            "scored_on": f"{len(scored)} held-out training images" if holdout["fraction"] > 0
-            else f"{len(scored)} training images (the supernet's training data)", "settings": cfg,
-            "steps": {"w": sum(m.kind == "w" for m in result.moves), "a": sum(m.kind == "a" for m in result.moves)},
-            "held_steps": result.held,
-            "moves": [str(m) for m in result.moves], "seconds": round(time.perf_counter() - t0, 6)}
-    return result.w_bits, result.a_bits, meta
+    digest = sha256_file(supernet_path)
+    out: list = [None] * len(limits)
+    for rank, (i, result) in enumerate(zip(order, results)):
+        meta = {"method": "greedy", "supernet": str(supernet_path), "supernet_sha256": digest,
+                "scored_on": f"{len(scored)} held-out training images" if holdout["fraction"] > 0
+                else f"{len(scored)} training images (the supernet's training data)", "settings": cfg,
+                "steps": {"w": sum(m.kind == "w" for m in result.moves), "a": sum(m.kind == "a" for m in result.moves)},
+                "held_steps": result.held, "moves": [str(m) for m in result.moves],
+                "seconds": round(result.seconds, 6)}
+        if len(limits) > 1:   # carried: this limit's moves start from the previous limit's bits
+            meta["front"] = {"limits": len(limits), "rank": rank + 1}
+        out[i] = (result.w_bits, result.a_bits, meta)
+    return out
 
 
 def search_greedy(policy_cfg: dict, cost: CostModel, candidates=None, *, importance_path=None, settings=None,

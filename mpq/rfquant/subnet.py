@@ -51,3 +51,24 @@ def export_subnet(supernet: nn.Module, policy: Policy, quant_cfg: dict) -> nn.Mo
     for name, module in target.named_modules():
         _copy_module(module, sources[name])
     return target
+
+
+def save_recalibrated_subnet(out, supernet: nn.Module, policy: Policy, spec: dict, data, device,
+                             supernet_path) -> nn.Module:
+    """Finetune recipe 'none' for RFQuant: the policy's subnet with its BN re-estimated on
+    `recipe.bn_recalibration_images` training images, saved at `out` as an ordinary quantized
+    checkpoint; returns the model (in eval use it equals the checkpoint loaded back)."""
+    from ..checkpoint import save_checkpoint
+    from ..stage_common import loader_args, preprocessing_of
+    from .supernet import calibrate_bn
+
+    arch, num_classes = spec["model"]["arch"], spec["model"]["num_classes"]
+    model = export_subnet(supernet, policy, spec["quant"]).to(device)
+    loading = loader_args(spec)
+    used = calibrate_bn(model, data.train, device, images=int(spec["recipe"]["bn_recalibration_images"]),
+                        batch_size=loading["batch_size"], seed=loading["seed"] + 1, workers=loading["workers"])
+    save_checkpoint(out, state_dict=model.state_dict(), arch=arch, num_classes=num_classes,
+                    kind="quantized", config=spec, metrics={"epochs": 0, "bn_images": used},
+                    policy=policy.to_dict(), quant=quant_config_for_export(spec["quant"]),
+                    supernet=str(supernet_path), preprocessing=preprocessing_of(data))
+    return model

@@ -151,8 +151,9 @@ def test_changing_a_default_in_the_schema_reruns_exactly_its_rules(finished_run,
     old = "grad_clip: {type: number, exclusiveMinimum: 0, default: 1.0"
     assert old in (REPO / schema).read_text() and "grad_clip" not in TINY["importance"]["rfquant"]
     clone = checkout_copy(tmp_path / "clone", {schema: lambda text: text.replace(old, old.replace("1.0", "2.0"))})
-    assert job_counts(dry_run(clone, workdir)) == {"train_supernet": 1, "search": 1, "plot_policy": 1, "subnet": 1,
-                                                   "evaluate": 1, "summarize": 1, "all": 1}
+    assert job_counts(dry_run(clone, workdir)) == {"train_supernet": 1, "search": 1, "plot_policy": 3, "subnet": 1,
+                                                   "evaluate": 1, "rfquant_front_rfquant_front": 1, "summarize": 1,
+                                                   "all": 1}
 
 
 def test_lint_finds_only_kinds_config_readme_explains():
@@ -198,7 +199,7 @@ def test_bad_config_key_fails_with_one_line(tmp_path):
     assert proc.returncode != 0
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "config error" in ln]
     assert lines == ["config error: unknown key policies.p.budgte; allowed here: act_bits, alpha, avg_bits, beta, "
-                     "bits, budget, count_bn_params, finetune, importance, mode, search, solver"]
+                     "bits, budget, count_bn_params, finetune, front, front_job, importance, mode, search, solver"]
     assert not (tmp_path / "results").exists()
 
 

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 TINY = yaml.safe_load((REPO / ".test/config-tiny/config.yaml").read_text())
-QUANTIZED = ("uniform-w4a4", "limpq-w3a3", "limpq-size", "rfquant-w4a4", "ompq-ptq", "w3a3-dampen")
+FRONT_POINTS = ("rfquant-front-w3a3", "rfquant-front-w5a5")   # the sweep `rfquant-front`
+QUANTIZED = ("uniform-w4a4", "limpq-w3a3", "limpq-size", "rfquant-w4a4", *FRONT_POINTS, "ompq-ptq", "w3a3-dampen")
 
 
 def snakemake(workdir: Path, *args, check=True):

@@ -56,12 +56,13 @@ DEFAULT_RESOURCES = {
     "finetune": {"threads": 1, "mem_mb": 4000, "runtime": 480},
     "ptq": {"threads": 1, "mem_mb": 4000, "runtime": 120},
     "subnet": {"threads": 1, "mem_mb": 4000, "runtime": 60},
+    "rfquant_front": {"threads": 1, "mem_mb": 4000, "runtime": 240},
     "evaluate": {"threads": 1, "mem_mb": 4000, "runtime": 60},
     "summarize": {"threads": 1, "mem_mb": 1000, "runtime": 10},
     "plot_policy": {"threads": 1, "mem_mb": 1000, "runtime": 10},
 }
 TRAINING_RULES = {"pretrain", "train_indicators", "train_supernet", "finetune", "ptq", "subnet", "evaluate",
-                  "ompq_importance"}
+                  "ompq_importance", "rfquant_front"}
 
 
 def launcher(rule_name):
@@ -181,10 +182,58 @@ def finetune_rule_of(policy_name):
     return model_rule(recipe_of(policy_name)[1]["method"], POLICIES[policy_name].get("importance"))
 
 
+def front_jobs():
+    """{front: its points} of the retraining-free RFQuant fronts made in one job (`front_job`)."""
+    fronts = {}
+    for name, policy in POLICIES.items():
+        if policy.get("front_job"):
+            fronts.setdefault(policy["front"], []).append(name)
+    return fronts
+
+
+FRONT_JOBS = front_jobs()
+IN_FRONT_JOB = {name for points in FRONT_JOBS.values() for name in points}
+
+
+def one_of(names):
+    """Wildcard constraint naming exactly `names` (none: a pattern nothing matches)."""
+    return "|".join(re.escape(p) for p in names) if names else NO_POLICY
+
+
 def policies_made_by(rule_name):
     """Wildcard constraint naming exactly the policies whose model.pt `rule_name` makes."""
-    names = [p for p in POLICIES if finetune_rule_of(p) == rule_name]
-    return "|".join(re.escape(p) for p in names) if names else NO_POLICY
+    return one_of([p for p in POLICIES if p not in IN_FRONT_JOB and finetune_rule_of(p) == rule_name])
+
+
+def per_point_policies():
+    """Wildcard constraint of the search and evaluate rules: every policy outside a front job."""
+    return one_of([p for p in POLICIES if p not in IN_FRONT_JOB])
+
+
+def front_spec(front):
+    """What a front job reads: its points' policies, the search settings and the subnet's BN
+    re-estimation; adding a point reruns this one job (the other fronts and policies stay)."""
+    points = FRONT_JOBS[front]
+    policy = POLICIES[points[0]]
+    spec = {**base_spec(), "image_size": config["dataset"]["image_size"], "quant": config["quant"],
+            "search": SEARCH_METHODS[policy["search"]].settings_for(config, policy),
+            "recipe_name": "none", "recipe": recipe_of(points[0])[1],
+            "points": {p: {k: v for k, v in POLICIES[p].items()} for p in points}}
+    return as_json(spec)
+
+
+def front_rule_name(front):
+    identifier = re.sub(r"\W", "_", front)
+    return f"rfquant_front_{identifier}"
+
+
+def front_files(front, kind):
+    """One path per point of `front` for each file a point's three jobs would write."""
+    pattern = {"policies": f"{RES}/policies/{{p}}/policy.yaml", "models": f"{RES}/policies/{{p}}/model.pt",
+               "metrics": f"{RES}/policies/{{p}}/metrics.json",
+               "search_times": timing_file("search"), "model_times": timing_file("subnet"),
+               "evaluate_times": timing_file("evaluate")}[kind]
+    return [pattern.replace("{policy}", p).replace("{p}", p) for p in FRONT_JOBS[front]]
 
 
 # --- inputs and targets ------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 rule evaluate:
     input:
         model=f"{RES}/policies/{{policy}}/model.pt",
+    wildcard_constraints:
+        policy=per_point_policies(),
     output:
         metrics=f"{RES}/policies/{{policy}}/metrics.json",
         timing=timing_file("evaluate"),

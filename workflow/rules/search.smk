@@ -1,6 +1,8 @@
 rule search:
     input:
         unpack(search_inputs),
+    wildcard_constraints:
+        policy=per_point_policies(),
     output:
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
         timing=timing_file("search"),
