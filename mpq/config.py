@@ -217,6 +217,10 @@ def _check_policies(cfg: dict) -> None:
                 raise ConfigError(f"config error: {where}: search {pol['search']!r} works on importance "
                                   f"{' or '.join(wanted)}, not {pol['importance']!r}")
         recipe = pol.get("finetune", "none")
+        budget = pol.get("budget") or {}
+        if "accuracy_drop" in budget and (len(budget) > 1 or recipe != "none"):
+            raise ConfigError(f"config error: {where}.budget.accuracy_drop: an accuracy target stands alone (no "
+                              f"other budget key) and is met without retraining: set finetune: none")
         if pol.get("front_job") and not (pol["search"] == "greedy" and recipe == "none" and "front" in pol):
             raise ConfigError(f"config error: {where}.front_job: only an RFQuant point without retraining (search "
                               f"greedy, finetune none, in a front: a sweep's point) runs in a front job; remove it")

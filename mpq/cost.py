@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 from .errors import InputError
-from .registry import BITOPS_BUDGETS, SIZE_BUDGETS
+from .registry import ACCURACY_BUDGETS, BITOPS_BUDGETS, SIZE_BUDGETS
 
 MIB_BITS = 8 * 2**20
 GIGA = 10**9
@@ -161,6 +161,9 @@ def _check_budget_keys(budget: dict) -> None:
     if not isinstance(budget, dict) or not budget:
         raise InputError(
             "budget is empty; give one of bitops ('wXaY'), bitops_g, size_mb, compression_ratio, avg_weight_bits")
+    if set(budget) & set(ACCURACY_BUDGETS):
+        raise InputError(f"budget {_budget_text(budget)} is an accuracy target, not a cost: the greedy search "
+                         "meets it on the supernet (mpq.rfquant.accuracy_target)")
     unknown = sorted(set(budget) - set(BITOPS_BUDGETS) - set(SIZE_BUDGETS))
     if unknown:
         raise InputError(f"unknown budget key(s) {unknown}; use bitops ('wXaY') or bitops_g, "

@@ -144,6 +144,12 @@ def _place_labels(ax, labels, xs, ys) -> None:
         placed.append(chosen[1])
 
 
+def plot_policy_chart(policy, outputs) -> list[Path]:
+    """The bit chart of a Policy (mpq.policy), titled with its name, fixed layers hatched."""
+    return plot_policy_bits(policy.names, policy.w_bits, policy.a_bits, outputs,
+                            f"{policy.meta['name']}: bits per layer ({policy.arch})", fixed_bits=policy.fixed_bits)
+
+
 def plot_policy_bits(names, w_bits, a_bits, outputs, title: str, fixed_bits=None) -> list[Path]:
     """Grouped bars of weight and activation bits per layer, in network order.
 

@@ -7,22 +7,25 @@ from mpq.errors import InputError
 from mpq.rfquant.front import PointFiles, run_front
 from mpq.runtime import begin_stage, run_stage, stage_parser
 
-FILES = ("policies", "models", "metrics", "search_times", "model_times", "evaluate_times")
+FILES = ("policies", "models", "charts", "metrics", "search_times", "model_times", "evaluate_times")
 
 
 def main():
     ap = stage_parser(__doc__, "seed, device, dataset, model, image_size, quant, search, recipe, points")
     ap.add_argument("--supernet", required=True, help="supernet.pt from train_supernet")
     for name in FILES:
-        ap.add_argument(f"--{name.replace('_', '-')}", nargs="+", required=True, help=f"one per point: {name}")
+        per_point = "two per point (.png, .svg)" if name == "charts" else "one per point"
+        ap.add_argument(f"--{name.replace('_', '-')}", nargs="+", required=True, help=f"{per_point}: {name}")
     args = ap.parse_args()
     spec = begin_stage(args)
     names = list(spec["points"])
     lists = [getattr(args, name) for name in FILES]
-    if any(len(paths) != len(names) for paths in lists):
+    lists[FILES.index("charts")] = list(zip(args.charts[::2], args.charts[1::2]))
+    if any(len(paths) != len(names) for paths in lists) or len(args.charts) != 2 * len(names):
         raise InputError(f"--spec names {len(names)} points but the file lists have "
                          f"{', '.join(str(len(p)) for p in lists)} paths; give one of each per point")
-    run_front(spec, args.supernet, {name: PointFiles(*(Path(paths[i]) for paths in lists))
+    run_front(spec, args.supernet, {name: PointFiles(*(tuple(map(Path, paths[i])) if kind == "charts"
+                                                       else Path(paths[i]) for kind, paths in zip(FILES, lists)))
                                     for i, name in enumerate(names)})
 
 

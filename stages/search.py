@@ -13,6 +13,8 @@ def main():
     ap = stage_parser(__doc__, "policy_name, policy, model, image_size, quant",
                       optional="search (+ seed, device, dataset for greedy)")
     ap.add_argument("--importance", default=None, help="importance file of the policy's method")
+    ap.add_argument("--fp32", default=None, help="FP32 model.pt: what an accuracy target (budget.accuracy_drop) "
+                                                 "is measured against")
     ap.add_argument("--out", required=True, help="policy.yaml")
     args = ap.parse_args()
     spec = begin_stage(args)
@@ -24,7 +26,7 @@ def main():
         data, device = load_data(spec), resolve_device(spec["device"])
     w, a, meta = search_policy(spec["policy"], cost, spec["quant"]["candidates"],
                                importance_path=args.importance, settings=spec.get("search"),
-                               data=data, device=device, seed=spec.get("seed"))
+                               data=data, device=device, seed=spec.get("seed"), fp32_path=args.fp32)
     policy, cost, seconds = searched_policy(spec, cost, w, a, meta)
     policy.save(args.out, cost)
     write_timing(args.out, search=seconds)

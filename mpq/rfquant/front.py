@@ -16,6 +16,7 @@ log = logging.getLogger("mpq")
 class PointFiles:
     policy: Path           # policy.yaml (and policy.timing.json beside it)
     model: Path            # model.pt
+    charts: tuple          # bits.png, bits.svg
     metrics: Path          # metrics.json
     search_time: Path      # benchmark TSVs, as the search / subnet / evaluate rules write them
     model_time: Path
@@ -33,6 +34,7 @@ def run_front(spec: dict, supernet_path, files: dict[str, PointFiles]) -> None:
     from ..build import fixed_bits_of
     from ..cost import CostModel
     from ..data import make_loader
+    from ..figures import plot_policy_chart
     from ..io import write_benchmark, write_timing, atomic_write_json
     from ..report import policy_metrics
     from ..runtime import resolve_device
@@ -58,6 +60,7 @@ def run_front(spec: dict, supernet_path, files: dict[str, PointFiles]) -> None:
         out, own = files[name], point_spec(spec, name)
         policy, point_cost, seconds = searched_policy(own, cost, w, a, meta)
         policy.save(out.policy, point_cost)
+        plot_policy_chart(policy, out.charts)
         write_timing(out.policy, search=seconds)
         write_benchmark(out.search_time, seconds)
         t0 = time.perf_counter()

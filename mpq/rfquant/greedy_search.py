@@ -203,7 +203,8 @@ def batch_error(model: nn.Module, w_bits, a_bits, batch) -> float:
 def greedy_settings(settings: dict | None) -> dict:
     """search.greedy with the schema's defaults (the reference's) for any key not given; unknown
     keys are an error (typos)."""
-    unknown = sorted(set(settings or {}) - section_keys("search.greedy"))
+    settings = {k: v for k, v in (settings or {}).items() if k != "accuracy"}   # an accuracy target's
+    unknown = sorted(set(settings) - section_keys("search.greedy"))
     if unknown:
         raise InputError(f"search.greedy: unknown key(s) {unknown}; known: "
                          f"{', '.join(sorted(section_keys('search.greedy')))}")
@@ -227,16 +228,23 @@ def greedy_front(policy_cfgs: Sequence[dict], cost: CostModel, loaded, supernet_
     """Search several BitOps budgets on one loaded supernet (`load_supernet`'s triple) in one pass,
     largest first with the bits carried from one to the next (the reference's multi-limit search);
     returns (w_bits, a_bits, metadata) per policy, in the order given. `seconds`: each limit's own."""
-    from ..data import split_holdout
-    from ..io import sha256_file
-
-    cfg = greedy_settings(settings)
     limits = []
     for policy_cfg in policy_cfgs:
         budget = cost.searchable_budget(policy_cfg.get("budget") or {})
         if budget.total_bitops is None or budget.size_bits is not None:
             raise InputError("search 'greedy' takes a BitOps budget only (budget.bitops 'wXaY' or budget.bitops_g)")
         limits.append(budget.total_bitops)
+    return greedy_limits(limits, cost, loaded, supernet_path, data, settings, seed, device)
+
+
+def greedy_limits(limits: Sequence[int], cost: CostModel, loaded, supernet_path, data, settings: dict | None,
+                  seed: int, device) -> list[tuple[list[int], list[int], dict]]:
+    """greedy_front for total BitOps limits given as integers."""
+    from ..data import split_holdout
+    from ..io import sha256_file
+
+    cfg = greedy_settings(settings)
+    limits = [int(limit) for limit in limits]
     model, state, ckpt = loaded
     if state.names != list(cost.names):
         raise InputError(f"{supernet_path}: supernet layers differ from the model's; rerun train_supernet")
@@ -265,13 +273,3 @@ def greedy_front(policy_cfgs: Sequence[dict], cost: CostModel, loaded, supernet_
             meta["front"] = {"limits": len(limits), "rank": rank + 1}
         out[i] = (result.w_bits, result.a_bits, meta)
     return out
-
-
-def search_greedy(policy_cfg: dict, cost: CostModel, candidates=None, *, importance_path=None, settings=None,
-                  data=None, device="cpu", seed=None, **_) -> tuple[list[int], list[int], dict]:
-    """The `greedy` search (RFQuant): the policy's BitOps budget on the supernet at importance_path,
-    scoring candidates on `data`'s training images."""
-    if importance_path is None or data is None:
-        raise InputError("search 'greedy' needs the RFQuant supernet and the training data; "
-                         "set the policy's importance: rfquant")
-    return greedy_policy(policy_cfg, cost, importance_path, data, settings, int(seed or 0), device)

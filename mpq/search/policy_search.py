@@ -8,8 +8,8 @@ from ..registry import search_method
 
 
 def search_policy(policy_cfg: dict, cost: CostModel, candidates, *, importance_path=None,
-                  settings: dict | None = None, data=None, device="cpu", seed: int | None = None
-                  ) -> tuple[list[int], list[int], dict]:
+                  settings: dict | None = None, data=None, device="cpu", seed: int | None = None,
+                  fp32_path=None) -> tuple[list[int], list[int], dict]:
     """Returns (w_bits, a_bits, search metadata) for the searchable layers of `cost`.
 
     importance_path is the method's input: LIMPQ pickle (ilp), RFQuant supernet (greedy, which
@@ -18,7 +18,7 @@ def search_policy(policy_cfg: dict, cost: CostModel, candidates, *, importance_p
     method = search_method(policy_cfg["search"])
     t0 = time.perf_counter()
     w, a, meta = method.run(policy_cfg, cost, list(candidates), importance_path=importance_path,
-                            settings=settings or {}, data=data, device=device, seed=seed)
+                            settings=settings or {}, data=data, device=device, seed=seed, fp32_path=fp32_path)
     meta.setdefault("seconds", round(time.perf_counter() - t0, 6))
     return w, a, meta
 
@@ -39,7 +39,9 @@ def searched_policy(spec: dict, cost: CostModel, w_bits, a_bits, meta: dict):
             cost = CostModel.from_model(model, spec["image_size"], fixed_bits=fixed)
     budget = spec["policy"].get("budget")
     target = {}
-    if budget:
+    if budget and "accuracy_drop" in budget:   # a target on accuracy: no cost limit to report
+        target = {"requested": budget, "bitops_g": None, "size_mb": None}
+    elif budget:
         b = cost.searchable_budget(budget)
         target = {"requested": budget,
                   "bitops_g": None if b.total_bitops is None else round(b.total_bitops / 1e9, 6),

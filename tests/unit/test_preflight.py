@@ -127,7 +127,7 @@ def test_a_size_budget_below_the_lowest_candidates_fails_at_config_load():
 
 
 def test_greedy_with_a_size_budget_fails_at_validation():
-    with pytest.raises(ConfigError, match="search 'greedy' meets bitops or bitops_g only, not size_mb; use search ilp, ompq"):
+    with pytest.raises(ConfigError, match="search 'greedy' meets bitops or bitops_g or accuracy_drop only, not size_mb; use search ilp, ompq"):
         config(policies=budget_policy("greedy", {"size_mb": 0.03}, "rfquant"))
 
 

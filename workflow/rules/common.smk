@@ -229,6 +229,10 @@ def front_rule_name(front):
 
 def front_files(front, kind):
     """One path per point of `front` for each file a point's three jobs would write."""
+    if kind == "charts":   # bits.png (in the HTML report, as plot_policy's) and bits.svg per point
+        return [path for p in FRONT_JOBS[front] for path in
+                (report(f"{RES}/policies/{p}/bits.png", caption="../report/bits.rst", category="Policies",
+                        subcategory=p), f"{RES}/policies/{p}/bits.svg")]
     pattern = {"policies": f"{RES}/policies/{{p}}/policy.yaml", "models": f"{RES}/policies/{{p}}/model.pt",
                "metrics": f"{RES}/policies/{{p}}/metrics.json",
                "search_times": timing_file("search"), "model_times": timing_file("subnet"),
@@ -246,11 +250,14 @@ def search_inputs(wildcards):
     method = POLICIES[wildcards.policy].get("importance")
     if POLICIES[wildcards.policy]["search"] != "uniform" and method:
         inputs["importance"] = IMPORTANCE_FILES[method]
+    if "accuracy_drop" in (POLICIES[wildcards.policy].get("budget") or {}):   # measured against FP32
+        inputs["fp32"] = f"{RES}/pretrain/model.pt"
     return inputs
 
 
 def importance_arg(wildcards, input):
-    return f"--importance {input.importance}" if "importance" in input.keys() else ""
+    args = [f"--{name} {input[name]}" for name in ("importance", "fp32") if name in input.keys()]
+    return " ".join(args)
 
 
 def timing_file(rule_name):

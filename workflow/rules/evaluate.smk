@@ -22,6 +22,8 @@ rule evaluate:
 rule plot_policy:
     input:
         policy=f"{RES}/policies/{{policy}}/policy.yaml",
+    wildcard_constraints:
+        policy=per_point_policies(),
     output:
         png=report(f"{RES}/policies/{{policy}}/bits.png", caption="../report/bits.rst", category="Policies",
                    subcategory="{policy}"),
