@@ -197,6 +197,9 @@ STAGE_FILES = {   # the file arguments of each stage with a --spec; none is read
     "ptq": ["--policy", "{policy}", "--fp32", "{fp32}", "--out", "{out}"],
     "subnet": ["--policy", "{policy}", "--supernet", "{fp32}", "--out", "{out}"],
     "evaluate": ["--model", "{fp32}", "--out", "{out}"],
+    "rfquant_front": ["--supernet", "{fp32}", *(arg for name in ("policies", "models", "metrics", "search-times",
+                                                                  "model-times", "evaluate-times")
+                                                for arg in (f"--{name}", "{out}")), "--charts", "{out}", "{out}"],
 }
 
 
