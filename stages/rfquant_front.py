@@ -19,14 +19,13 @@ def main():
     args = ap.parse_args()
     spec = begin_stage(args)
     names = list(spec["points"])
-    lists = [getattr(args, name) for name in FILES]
-    lists[FILES.index("charts")] = list(zip(args.charts[::2], args.charts[1::2]))
-    if any(len(paths) != len(names) for paths in lists) or len(args.charts) != 2 * len(names):
+    lists = [[Path(p) for p in getattr(args, name)] for name in FILES]   # PointFiles' field order
+    charts = lists[FILES.index("charts")]
+    lists[FILES.index("charts")] = list(zip(charts[::2], charts[1::2]))
+    if any(len(paths) != len(names) for paths in lists) or len(charts) != 2 * len(names):
         raise InputError(f"--spec names {len(names)} points but the file lists have "
                          f"{', '.join(str(len(p)) for p in lists)} paths; give one of each per point")
-    run_front(spec, args.supernet, {name: PointFiles(*(tuple(map(Path, paths[i])) if kind == "charts"
-                                                       else Path(paths[i]) for kind, paths in zip(FILES, lists)))
-                                    for i, name in enumerate(names)})
+    run_front(spec, args.supernet, {name: PointFiles(*(paths[i] for paths in lists)) for i, name in enumerate(names)})
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ log = logging.getLogger("mpq")
 
 def path_limits(cost: CostModel, w_lists, a_lists, start_bits: int, min_bits: int, points: int) -> list[int]:
     """`points` BitOps limits, geometric, from uniform start_bits down to every layer at its floor."""
+    from .greedy_search import move_floor
+
     def floor(cands):
-        return min(b for b in cands if b >= min(max(min_bits, min(cands)), max(cands)))
+        return min(b for b in cands if b >= move_floor(cands, min_bits))
 
     top = cost.uniform_bitops(start_bits, start_bits)
     bottom = cost.bitops([floor(c) for c in w_lists], [floor(c) for c in a_lists])
@@ -93,11 +95,12 @@ def accuracy_target_policy(policy_cfg: dict, cost: CostModel, supernet_path, fp3
         w, a, meta = path[i]
         top1 = subnet_accuracy(supernet, w, a, calib, val, device, images=int(target_cfg["bn_calibration_images"]),
                                batch_size=batch, seed=seed + 1)["top1"]
-        evaluations.append({"path_index": i, "bitops_g": round(cost.bitops(w, a) / 1e9, 6),
+        bitops_g = cost.bitops(w, a) / 1e9
+        evaluations.append({"path_index": i, "bitops_g": round(bitops_g, 6),
                             "val_top1": round(top1, 4), "drop": round(fp32_top1 - top1, 4),
                             "within": bool(fp32_top1 - top1 <= drop)})
         log.info("accuracy target: path point %d/%d, %.6g GBitOps: top-1 %.2f (FP32 %.2f, drop %.2f, target %.2f)",
-                 i + 1, len(path), cost.bitops(w, a) / 1e9, top1, fp32_top1, fp32_top1 - top1, drop)
+                 i + 1, len(path), bitops_g, top1, fp32_top1, fp32_top1 - top1, drop)
         return evaluations[-1]["within"]
 
     chosen, _ = last_within(within, len(path))

@@ -68,15 +68,11 @@ def run_front(spec: dict, supernet_path, files: dict[str, PointFiles]) -> None:
         write_benchmark(out.model_time, time.perf_counter() - t0)
         t0 = time.perf_counter()
         result = evaluate(model, test, device)
-        atomic_write_json(out.metrics, policy_metrics(name, own["policy"], result, policy, point_cost,
-                                                      {"epochs": 0}))
-        write_timing(out.metrics, evaluate=time.perf_counter() - t0)
-        write_benchmark(out.evaluate_time, time.perf_counter() - t0)
+        metrics = policy_metrics(name, own["policy"], result, policy, point_cost, {"epochs": 0})
+        atomic_write_json(out.metrics, metrics)
+        evaluate_seconds = time.perf_counter() - t0
+        write_timing(out.metrics, evaluate=evaluate_seconds)
+        write_benchmark(out.evaluate_time, evaluate_seconds)
         done = time.perf_counter() - started
         log.info("front point %d/%d %s: %.6g GBitOps, top-1 %.2f (%.1f s so far, ETA %.0f s)", k + 1, len(names),
-                 name, policy_bitops_g(policy, point_cost), result["top1"], done,
-                 done / (k + 1) * (len(names) - k - 1))
-
-
-def policy_bitops_g(policy, cost) -> float:
-    return policy.cost_summary(cost)["bitops_g"]
+                 name, metrics["bitops_g"], result["top1"], done, done / (k + 1) * (len(names) - k - 1))

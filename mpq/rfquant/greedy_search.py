@@ -56,6 +56,12 @@ def uniform_bit_for(limit: int, cost: CostModel, bits: Sequence[int]) -> int:
     return min(sorted(set(bits)), key=lambda b: abs(cost.uniform_bitops(b, b) - limit))
 
 
+def move_floor(cands: Sequence[int], min_bits: int) -> int:
+    """The lowest bits a move may reach in a layer with these candidates: min_bits, or the layer's own
+    (frozen) minimum if higher, never above its maximum."""
+    return min(max(min_bits, min(cands)), max(cands))
+
+
 class _Search:
     """State of one search: current bits, per-layer legal lists and the move log."""
 
@@ -64,7 +70,7 @@ class _Search:
         self.cost, self.error_of, self.batches = cost, error_of, batches
         self.err_weight, self.max_steps, self.min_bits = err_weight, max_steps, min_bits
         # A move may only reach candidates at or above the floor: max(min_bits, frozen minimum).
-        self.lists = {kind: [[b for b in sorted(c, reverse=True) if b >= min(max(min_bits, min(c)), max(c))]
+        self.lists = {kind: [[b for b in sorted(c, reverse=True) if b >= move_floor(c, min_bits)]
                              for c in lists]
                       for kind, lists in (("w", w_lists), ("a", a_lists))}
         self.bits = {kind: [min(c, key=lambda b: (abs(b - start_bits), -b)) for c in self.lists[kind]]
@@ -261,11 +267,12 @@ def greedy_limits(limits: Sequence[int], cost: CostModel, loaded, supernet_path,
         start_bits=int(cfg["start_bits"]), min_bits=int(cfg["min_bits"]), err_weight=float(cfg["err_weight"]),
         phase1_margin=float(cfg["phase1_margin"]), max_steps=cfg["max_steps"])
     digest = sha256_file(supernet_path)
+    scored_on = (f"{len(scored)} held-out training images" if holdout["fraction"] > 0
+                 else f"{len(scored)} training images (the supernet's training data)")
     out: list = [None] * len(limits)
     for rank, (i, result) in enumerate(zip(order, results)):
         meta = {"method": "greedy", "supernet": str(supernet_path), "supernet_sha256": digest,
-                "scored_on": f"{len(scored)} held-out training images" if holdout["fraction"] > 0
-                else f"{len(scored)} training images (the supernet's training data)", "settings": cfg,
+                "scored_on": scored_on, "settings": cfg,
                 "steps": {"w": sum(m.kind == "w" for m in result.moves), "a": sum(m.kind == "a" for m in result.moves)},
                 "held_steps": result.held, "moves": [str(m) for m in result.moves],
                 "seconds": round(result.seconds, 6)}

@@ -218,7 +218,7 @@ def front_spec(front):
     spec = {**base_spec(), "image_size": config["dataset"]["image_size"], "quant": config["quant"],
             "search": SEARCH_METHODS[policy["search"]].settings_for(config, policy),
             "recipe_name": "none", "recipe": recipe_of(points[0])[1],
-            "points": {p: {k: v for k, v in POLICIES[p].items()} for p in points}}
+            "points": {p: POLICIES[p] for p in points}}
     return as_json(spec)
 
 
@@ -233,11 +233,11 @@ def front_files(front, kind):
         return [path for p in FRONT_JOBS[front] for path in
                 (report(f"{RES}/policies/{p}/bits.png", caption="../report/bits.rst", category="Policies",
                         subcategory=p), f"{RES}/policies/{p}/bits.svg")]
-    pattern = {"policies": f"{RES}/policies/{{p}}/policy.yaml", "models": f"{RES}/policies/{{p}}/model.pt",
-               "metrics": f"{RES}/policies/{{p}}/metrics.json",
+    pattern = {"policies": f"{RES}/policies/{{policy}}/policy.yaml", "models": f"{RES}/policies/{{policy}}/model.pt",
+               "metrics": f"{RES}/policies/{{policy}}/metrics.json",
                "search_times": timing_file("search"), "model_times": timing_file("subnet"),
                "evaluate_times": timing_file("evaluate")}[kind]
-    return [pattern.replace("{policy}", p).replace("{p}", p) for p in FRONT_JOBS[front]]
+    return [pattern.replace("{policy}", p) for p in FRONT_JOBS[front]]
 
 
 # --- inputs and targets ------------------------------------------------------------------------
