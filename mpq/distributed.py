@@ -16,13 +16,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from .errors import MachineError
+from .launch import env_rank, env_world_size  # noqa: F401  (env_world_size: used from here too)
 
 log = logging.getLogger("mpq")
-
-
-def env_world_size() -> int:
-    """WORLD_SIZE set by the launcher (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def is_initialized() -> bool:
@@ -75,7 +71,7 @@ def is_main() -> bool:
     """
     if is_initialized():
         return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0") or 0) == 0
+    return env_rank() == 0
 
 
 def barrier() -> None:

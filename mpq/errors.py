@@ -24,3 +24,14 @@ class MissingInput(InputError, FileNotFoundError):
 
 class MachineError(MpqError, RuntimeError):
     """This machine cannot do what was asked (no CUDA, no solver, a search too large for it)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT during training (mpq.train.resume's handler raises it); a BaseException so a
+    generic `except Exception` cannot swallow it. The stage exits with 128 + signum."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

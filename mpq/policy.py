@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .io import atomic_write_yaml, read_yaml
-from .quant.base import bit_range_text, is_full_precision, supported_bits
+from .bits import bit_range_text, is_full_precision, supported_bits
 from .errors import InputError
 
 FORMAT = "mpq-policy/1"

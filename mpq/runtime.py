@@ -12,11 +12,10 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .errors import MpqError
 from .config import spec_missing_keys
-from .errors import InputError
+from .errors import InputError, Interrupted, MpqError
+from .launch import env_rank, env_world_size
 
 log = logging.getLogger("mpq")
 _TIMING: tuple[str, float] | None = None
@@ -36,14 +35,14 @@ def parse_spec(text: str) -> dict:
 
 
 def setup_logging(verbose: bool = True) -> None:
-    from .distributed import is_main
-
-    verbose = verbose and is_main()   # under DDP only rank 0 logs progress; others warn and fail
+    verbose = verbose and env_rank() == 0   # under DDP only rank 0 logs progress; others warn and fail
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -51,13 +50,15 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """cpu or cuda for the config's `device`; under DDP on CUDA, this rank's GPU (LOCAL_RANK)."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: device 'cuda' requested but no CUDA GPU is visible; set device: auto or cpu")
     if name not in ("cpu", "cuda"):
         raise SystemExit(f"error: device {name!r} is unknown; use auto, cpu or cuda")
-    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if name == "cuda" and env_world_size() > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
     return torch.device(name)
 
@@ -68,6 +69,8 @@ def setup_device(spec: dict) -> torch.device:
     CUDA: cudnn.benchmark (fixed input shapes) and TF32 matmuls; bf16 autocast and channels_last
     are applied by the training loops (mpq.train.loop). CPU runs are left exactly as they were.
     """
+    import torch
+
     from . import distributed
     from .data.loaders import configure
 
@@ -86,6 +89,8 @@ def set_threads(threads: int | None) -> None:
     """Respect the rule's `threads:` so parallel jobs do not oversubscribe the cores."""
     n = threads or int(os.environ.get("MPQ_THREADS", "0") or 0)
     if n > 0:
+        import torch
+
         torch.set_num_threads(n)
 
 
@@ -98,21 +103,23 @@ def run_stage(main) -> None:
     """Run a stage's main(); expected problems end as one 'error:' line and exit code 1.
 
     An interruption (SIGTERM/SIGINT) exits with 128 + signal number after naming the resume file.
+    A stage that never sets up a device (plot_policy, summarize) never imports torch.
     """
-    from . import distributed
-    from .train import resume
-
     setup_logging()
     try:
         main()
         # Every rank leaves the process group together: gloo aborts a rank whose peer is still
         # working while it tears its connections down ("terminate called without an active exception").
-        distributed.barrier()
+        distributed = _loaded_distributed()
+        if distributed:
+            distributed.barrier()
         if _TIMING:
             from .io import write_benchmark
 
             write_benchmark(_TIMING[0], time.perf_counter() - _TIMING[1])
-    except resume.Interrupted as e:
+    except Interrupted as e:
+        from .train import resume   # only a training loop turns signals into Interrupted
+
         where = resume.active()
         kept = f"; the last completed epoch is saved in {where.path}, rerun to continue" if where else ""
         print(f"error: interrupted by {e}{kept}", file=sys.stderr)
@@ -128,7 +135,15 @@ def run_stage(main) -> None:
               f"input: the traceback above says where; please report it)", file=sys.stderr)
         sys.exit(1)
     finally:
-        distributed.shutdown()
+        distributed = _loaded_distributed()
+        if distributed:
+            distributed.shutdown()
+
+
+def _loaded_distributed():
+    """mpq.distributed if this process loaded it (setup_device does); a stage that did not joined
+    no process group and need not import torch to say so."""
+    return sys.modules.get("mpq.distributed")
 
 
 def stage_parser(doc: str, needs: str, optional: str = ""):

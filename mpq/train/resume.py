@@ -19,18 +19,11 @@ from pathlib import Path
 
 import torch
 
+from ..errors import Interrupted
 from ..io import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger("mpq")
 _ACTIVE: "ResumeFile | None" = None
-
-
-class Interrupted(BaseException):
-    """Raised by the signal handler; BaseException so generic `except Exception` cannot swallow it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class ResumeFile:

@@ -42,3 +42,31 @@ def test_torchvision_models_still_build_and_split_into_blocks():
     assert proc.returncode == 0, proc.stderr[-2000:]
     module, tv_blocks, cifar_blocks = proc.stdout.split()
     assert module == "torchvision.models.resnet" and int(tv_blocks) == 8 and int(cifar_blocks) == 3
+
+
+TORCH_FREE_RUN = """
+import json, runpy, sys
+sys.argv = {argv}
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+print(json.dumps({{"code": code, "torch": "torch" in sys.modules}}))
+"""
+
+
+def test_the_bit_chart_stage_draws_a_chart_without_importing_torch(tmp_path):
+    """plot_policy runs once per policy; torch's import would be most of its wall time."""
+    from mpq.policy import Policy
+
+    policy = tmp_path / "policy.yaml"
+    Policy("resnet8", 10, 8, ["a", "b"], [4, 2], [3, 8], meta={"name": "mixed"}).save(policy)
+    argv = [str(REPO / "stages" / "plot_policy.py"), "--policy", str(policy), "--png", str(tmp_path / "bits.png"),
+            "--svg", str(tmp_path / "bits.svg")]
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE_RUN.format(argv=argv)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "torch": False}, proc.stderr[-2000:]
+    assert (tmp_path / "bits.png").stat().st_size > 1000 and (tmp_path / "bits.svg").read_text().startswith("<?xml")

@@ -65,6 +65,18 @@ TRAINING_RULES = {"pretrain", "train_indicators", "train_supernet", "finetune", 
                   "ompq_importance", "rfquant_front"}
 
 
+# Ready jobs start in priority order (ties: Snakemake's own). The cached trainings head the longest
+# chains (pretrain -> supernet -> front; pretrain -> indicators -> searches -> finetunes), so on a few
+# cores they start first and the many short per-policy jobs fill the gaps around them, instead of
+# holding them back (the digits default ran 19 s of uniform searches and charts before pretrain).
+CRITICAL_PATH_PRIORITY = {"pretrain": 3, "train_supernet": 2, "train_indicators": 2, "extract_importance": 1,
+                          "rfquant_front": 1}
+
+
+def priority_of(rule_name):
+    return CRITICAL_PATH_PRIORITY.get(rule_name, 0)
+
+
 def launcher(rule_name):
     """The Python command of a training rule: torchrun (DDP, one process per GPU) when it asks for
     more than one GPU, plain Python otherwise. Resources are not params, so changing them reruns nothing."""

@@ -22,6 +22,7 @@ for _front in FRONT_JOBS:
         log:
             f"{RES}/logs/rfquant_front/{_front}.log",
         threads: threads_of("rfquant_front")
+        priority: priority_of("rfquant_front")
         resources:
             **resources_of("rfquant_front"),
         shell:

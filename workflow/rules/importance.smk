@@ -10,6 +10,7 @@ rule train_indicators:
     log:
         f"{RES}/logs/train_indicators.log",
     threads: threads_of("train_indicators")
+    priority: priority_of("train_indicators")
     resources:
         **resources_of("train_indicators"),
     cache: "omit-software"
@@ -31,6 +32,7 @@ rule extract_importance:
     log:
         f"{RES}/logs/extract_importance.log",
     threads: threads_of("extract_importance")
+    priority: priority_of("extract_importance")
     resources:
         **resources_of("extract_importance"),
     shell:
@@ -50,6 +52,7 @@ rule train_supernet:
     log:
         f"{RES}/logs/train_supernet.log",
     threads: threads_of("train_supernet")
+    priority: priority_of("train_supernet")
     resources:
         **resources_of("train_supernet"),
     cache: "omit-software"

@@ -9,6 +9,7 @@ rule pretrain:
     log:
         f"{RES}/logs/pretrain.log",
     threads: threads_of("pretrain")
+    priority: priority_of("pretrain")
     resources:
         **resources_of("pretrain"),
     cache: "omit-software"
