@@ -392,3 +392,43 @@ def test_avg_weight_bits_budget_bounds_the_effective_bits(golden_inputs):
         return cost.size_bits(res.w_bits) / cost.total_params
 
     assert effective({"bitops": "w4a4", "avg_weight_bits": 3.0}) <= 3.0 < effective({"bitops": "w4a4"})
+
+
+def _phi(obj, norm, mu):
+    """The Lagrangian dual at mu, straight from its definition."""
+    return float((obj + np.einsum("r,rnp->np", mu, norm)).min(axis=1).sum() - mu.sum())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_line_search_lands_on_the_best_kink_of_the_dual(seed):
+    """Along one multiplier the dual is concave and piecewise linear: its maximum is at 0 or at a
+    kink, where two options of a layer tie; the tangent search must find the best of them."""
+    rng = np.random.default_rng(seed)
+    obj = rng.uniform(0, 1, size=(6, 4))
+    norm = rng.uniform(0, 0.5, size=(1, 6, 4))
+
+    def evaluate(t):
+        trial = obj + t * norm[0]
+        arg = trial.argmin(axis=1)
+        return float(trial.min(axis=1).sum()) - t, float(norm[0][np.arange(6), arg].sum()) - 1.0
+
+    kinks = [0.0] + [(obj[l, p] - obj[l, q]) / (norm[0, l, q] - norm[0, l, p])
+                     for l in range(6) for p in range(4) for q in range(4)
+                     if norm[0, l, q] != norm[0, l, p] and (obj[l, p] - obj[l, q]) / (norm[0, l, q] - norm[0, l, p]) > 0]
+    best = max(evaluate(t)[0] for t in kinks)
+    t = exact_mckp._maximise_along(evaluate, guess=float(rng.uniform(0.1, 5)))
+    assert evaluate(t)[0] == pytest.approx(best, rel=1e-12, abs=1e-12)
+
+
+def test_the_dual_ascent_climbs_from_its_start_and_returns_phi_at_its_multipliers():
+    """A neighbouring budget's multipliers start the ascent; any start gives a valid bound, and the
+    ascent never ends below where it began."""
+    rng = np.random.default_rng(3)
+    obj = rng.uniform(0, 1, size=(12, 5))
+    norm = rng.uniform(0, 0.3, size=(2, 12, 5))
+    mu, phi = exact_mckp.lagrangian_multipliers(obj, norm)
+    warm_mu, warm_phi = exact_mckp.lagrangian_multipliers(obj, norm, start=mu * 1.3)
+    assert phi == pytest.approx(_phi(obj, norm, mu), rel=1e-12)
+    assert warm_phi == pytest.approx(_phi(obj, norm, warm_mu), rel=1e-12)
+    assert phi >= _phi(obj, norm, np.zeros(2)) and warm_phi >= _phi(obj, norm, mu * 1.3)
+    assert np.all(mu >= 0) and np.all(warm_mu >= 0)

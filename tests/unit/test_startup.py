@@ -70,3 +70,10 @@ def test_the_bit_chart_stage_draws_a_chart_without_importing_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "torch": False}, proc.stderr[-2000:]
     assert (tmp_path / "bits.png").stat().st_size > 1000 and (tmp_path / "bits.svg").read_text().startswith("<?xml")
+
+
+def test_the_summary_stage_starts_without_torch():
+    argv = [str(REPO / "stages" / "summarize.py"), "--help"]
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE_RUN.format(argv=argv)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "torch": False}, proc.stderr[-2000:]
