@@ -189,11 +189,15 @@ def _layer_weight(obj, norm, alive) -> np.ndarray:
 
 
 class _Levels:
-    """Per-level data for searching the layers in a fixed order."""
+    """Per-level data for searching the layers in a fixed order. Layers left with one option
+    (reduced-cost fixing leaves about a quarter of them so in a proof) come first: `fixed` of
+    them, which the search adds to its start state instead of stepping through."""
 
     def __init__(self, obj, cost, norm, rhs, alive, mus):
         n = obj.shape[0]
-        self.order = np.argsort(-_layer_weight(obj, norm, alive), kind="stable")
+        single = alive.sum(axis=1) == 1
+        self.order = np.lexsort((-_layer_weight(obj, norm, alive), ~single))
+        self.fixed = int(single.sum())
         self.options = [np.flatnonzero(alive[l]) for l in self.order]
         self.obj = [obj[l, ids] for l, ids in zip(self.order, self.options)]
         self.cost = [cost[:, l, ids].T.copy() for l, ids in zip(self.order, self.options)]  # (p, m)
@@ -213,21 +217,26 @@ def _search(levels: _Levels, rhs: np.ndarray, ub: float, beam: int | None, tol: 
     """Layer-by-layer search; returns (choice in original layer order, value) or None."""
     m = len(rhs)
     inv_rhs = 1.0 / np.maximum(rhs, 1).astype(np.float64)
-    usage = np.zeros((1, m), dtype=np.int64)
-    value = np.zeros(1)
-    parents, picks = [], []
-    for k, ids in enumerate(levels.options):
+    # bound = value + max_j (rest_j - mu_j . (1 - usage / rhs)): the usage term as one product
+    per_unit = (levels.mus * inv_rhs).T  # (m, J)
+    rest = levels.bound_rest - levels.mus.sum(axis=1)[None, :]  # (n + 1, J)
+    fixed = levels.fixed
+    usage = sum((levels.cost[k] for k in range(fixed)), np.zeros((1, m), dtype=np.int64))
+    value = np.array([sum(float(levels.obj[k][0]) for k in range(fixed))])
+    if np.any(usage + levels.min_rest[fixed] > rhs):
+        return None
+    parents = [np.zeros(1, dtype=np.int64)] * fixed
+    picks = [levels.options[k] for k in range(fixed)]
+    for k in range(fixed, len(levels.options)):
+        ids = levels.options[k]
         n, p = len(value), len(ids)
         if n * p > MAX_STATES:
             raise SearchTooLarge(f"{n * p} states at layer {k}")
         nu = (usage[:, None, :] + levels.cost[k][None]).reshape(-1, m)
         nv = (value[:, None] + levels.obj[k][None]).reshape(-1)
-        par = np.repeat(np.arange(n), p)
-        pick = np.tile(ids, n)
-        ok = np.all(nu + levels.min_rest[k + 1] <= rhs, axis=1)
-        nu, nv, par, pick = nu[ok], nv[ok], par[ok], pick[ok]
-        slack = 1.0 - nu * inv_rhs
-        bound = nv + (levels.bound_rest[k + 1][None, :] - slack @ levels.mus.T).max(axis=1)
+        fits = np.flatnonzero(np.all(nu + levels.min_rest[k + 1] <= rhs, axis=1))  # state * p + option
+        nu, nv = nu[fits], nv[fits]
+        bound = nv + (rest[k + 1][None, :] + nu @ per_unit).max(axis=1)
         if beam is None:
             sel = np.flatnonzero(bound <= ub + tol)
             sel = sel[undominated_states(nu[sel], nv[sel])]
@@ -238,8 +247,8 @@ def _search(levels: _Levels, rhs: np.ndarray, ub: float, beam: int | None, tol: 
             sel = np.sort(sel[undominated_states(nu[sel], nv[sel])])
             sel = sel[np.argsort(bound[sel], kind="stable")[:beam]]
         usage, value = nu[sel], nv[sel]
-        parents.append(par[sel])
-        picks.append(pick[sel])
+        parents.append(fits[sel] // p)
+        picks.append(ids[fits[sel] % p])
         if not len(value):
             return None
     best = int(np.argmin(value))
