@@ -31,9 +31,9 @@ def _open_temp(path: Path) -> tuple[int, str]:
 
 def _writer() -> bool:
     """Whether this process writes files: not a non-zero DDP rank."""
-    from .distributed import is_main
+    from .launch import is_main_process
 
-    return is_main()
+    return is_main_process()
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

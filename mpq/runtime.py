@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import spec_missing_keys
 from .errors import InputError, Interrupted, MpqError
-from .launch import env_rank, env_world_size
+from .launch import env_world_size, is_main_process, loaded_distributed
 
 log = logging.getLogger("mpq")
 _TIMING: tuple[str, float] | None = None
@@ -35,7 +35,7 @@ def parse_spec(text: str) -> dict:
 
 
 def setup_logging(verbose: bool = True) -> None:
-    verbose = verbose and env_rank() == 0   # under DDP only rank 0 logs progress; others warn and fail
+    verbose = verbose and is_main_process()   # under DDP only rank 0 logs progress; others warn and fail
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
 
@@ -110,7 +110,7 @@ def run_stage(main) -> None:
         main()
         # Every rank leaves the process group together: gloo aborts a rank whose peer is still
         # working while it tears its connections down ("terminate called without an active exception").
-        distributed = _loaded_distributed()
+        distributed = loaded_distributed()
         if distributed:
             distributed.barrier()
         if _TIMING:
@@ -135,15 +135,9 @@ def run_stage(main) -> None:
               f"input: the traceback above says where; please report it)", file=sys.stderr)
         sys.exit(1)
     finally:
-        distributed = _loaded_distributed()
+        distributed = loaded_distributed()
         if distributed:
             distributed.shutdown()
-
-
-def _loaded_distributed():
-    """mpq.distributed if this process loaded it (setup_device does); a stage that did not joined
-    no process group and need not import torch to say so."""
-    return sys.modules.get("mpq.distributed")
 
 
 def stage_parser(doc: str, needs: str, optional: str = ""):

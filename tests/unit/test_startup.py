@@ -72,8 +72,26 @@ def test_the_bit_chart_stage_draws_a_chart_without_importing_torch(tmp_path):
     assert (tmp_path / "bits.png").stat().st_size > 1000 and (tmp_path / "bits.svg").read_text().startswith("<?xml")
 
 
-def test_the_summary_stage_starts_without_torch():
-    argv = [str(REPO / "stages" / "summarize.py"), "--help"]
+def test_the_summary_stage_writes_its_table_and_figures_without_importing_torch(tmp_path):
+    """summarize reads JSON and draws figures; its atomic writes ask the launcher's RANK, not torch."""
+    fp32 = {"top1": 98.3, "top5": 99.7, "loss": 0.07, "images": 359, "bitops_g": 3.1338, "size_mb": 0.2853,
+            "image_size": 16}
+    policy = {"policy": "uniform-w4a4", "front": None, "search": "uniform", "importance": None, "finetune": "lsq",
+              "budget": {"bits": [4, 4]}, "top1": 98.05, "top5": 99.72, "loss": 0.068, "images": 359,
+              "bitops_g": 0.0543, "size_mb": 0.0362, "fp32_bitops_g": 3.1338, "fp32_size_mb": 0.2853,
+              "compression_ratio": 7.887, "avg_w_bits": 4.0, "avg_a_bits": 4.0, "avg_w_bits_param_weighted": 4.0,
+              "avg_a_bits_mac_weighted": 4.0, "w_bits": [4] * 6, "a_bits": [4] * 6, "start_top1": 98.05,
+              "start_top5": 99.72, "below_start": False}
+    (tmp_path / "fp32.json").write_text(json.dumps(fp32))
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    argv = [str(REPO / "stages" / "summarize.py"), "--fp32-metrics", str(tmp_path / "fp32.json"), "--metrics",
+            str(tmp_path / "policy.json"), "--out", str(tmp_path / "summary.csv"), "--bitops-figure",
+            str(tmp_path / "b.png"), str(tmp_path / "b.svg"), "--size-figure", str(tmp_path / "s.png"),
+            str(tmp_path / "s.svg")]
     proc = subprocess.run([sys.executable, "-c", TORCH_FREE_RUN.format(argv=argv)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "torch": False}, proc.stderr[-2000:]
+    rows = (tmp_path / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("policy,") and [r.split(",")[0] for r in rows[1:]] == ["fp32", "uniform-w4a4"]
+    assert (tmp_path / "b.png").stat().st_size > 1000 and (tmp_path / "s.svg").read_text().startswith("<?xml")
