@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from .errors import MachineError
-from .launch import env_rank, env_world_size  # noqa: F401  (env_world_size: used from here too)
+from .launch import env_rank, env_world_size
 
 log = logging.getLogger("mpq")
 

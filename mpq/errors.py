@@ -4,6 +4,7 @@ message names the problem and the fix); any other exception is a defect and keep
 They derive from the builtin a caller would expect too (ValueError, RuntimeError), so
 `except ValueError` around library calls keeps working.
 """
+import signal
 
 
 class MpqError(Exception):
@@ -31,7 +32,5 @@ class Interrupted(BaseException):
     generic `except Exception` cannot swallow it. The stage exits with 128 + signum."""
 
     def __init__(self, signum: int):
-        import signal
-
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
