@@ -11,6 +11,8 @@ Method (every pruning rule keeps at least one optimal solution):
    bound on the optimum. Coordinate ascent finds a good mu (any mu is valid).
 2. Incumbent. A beam search over the layers (same bounds, best 32 states
    per layer) gives a feasible solution; its objective is the upper bound UB.
+   In a front, it picks only among options whose reduced cost is within the
+   neighbouring budget's duality gap (an optimum's options are within its own).
 3. Reduced-cost fixing. ``f(x) >= phi(mu) + sum_l r_l(x_l)`` for feasible x,
    where r is the reduced cost under mu, so an option with r > UB - phi(mu)
    is in no solution better than UB and is dropped.
@@ -138,6 +140,10 @@ def _multiplier_set(mu: np.ndarray) -> np.ndarray:
     return np.array(out)  # duplicates (e.g. mu * 0 per row) cost little and keep this cheap
 
 
+_PAIRWISE_MAX = 128  # up to this many states the 2-row dominance filter compares all pairs
+_EARLIER = np.triu(np.ones((_PAIRWISE_MAX, _PAIRWISE_MAX), dtype=bool), 1)  # [j, i]: j before i
+
+
 def undominated_states(usage: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Indices (in a deterministic order) of states no other state dominates."""
     m = usage.shape[1]
@@ -152,6 +158,13 @@ def undominated_states(usage: np.ndarray, value: np.ndarray) -> np.ndarray:
         # Exact 3+-D dominance is costly in Python; dropping nothing is always valid.
         return np.lexsort(tuple(usage[:, r] for r in reversed(range(m))) + (value,))
     order = np.lexsort((usage[:, 1], usage[:, 0], value))
+    if len(order) <= _PAIRWISE_MAX:
+        # all pairs at once: a state stays unless an earlier one (in `order`) uses no more of
+        # both rows; for the beam's few dozen states this is faster than the loop below
+        u = usage[order]
+        n = len(order)
+        covered = (u[:, None, 0] <= u[None, :, 0]) & (u[:, None, 1] <= u[None, :, 1]) & _EARLIER[:n, :n]
+        return order[~covered.any(axis=0)]
     xs: list[int] = []  # staircase of kept usages: x ascending, y strictly descending
     ys: list[int] = []
     keep = []
@@ -220,10 +233,11 @@ def _search(levels: _Levels, rhs: np.ndarray, ub: float, beam: int | None, tol: 
     # bound = value + max_j (rest_j - mu_j . (1 - usage / rhs)): the usage term as one product
     per_unit = (levels.mus * inv_rhs).T  # (m, J)
     rest = levels.bound_rest - levels.mus.sum(axis=1)[None, :]  # (n + 1, J)
+    room = rhs[None, :] - levels.min_rest  # (n + 1, m): usage a state may have so its rest still fits
     fixed = levels.fixed
     usage = sum((levels.cost[k] for k in range(fixed)), np.zeros((1, m), dtype=np.int64))
     value = np.array([sum(float(levels.obj[k][0]) for k in range(fixed))])
-    if np.any(usage + levels.min_rest[fixed] > rhs):
+    if np.any(usage > room[fixed]):
         return None
     parents = [np.zeros(1, dtype=np.int64)] * fixed
     picks = [levels.options[k] for k in range(fixed)]
@@ -234,7 +248,7 @@ def _search(levels: _Levels, rhs: np.ndarray, ub: float, beam: int | None, tol: 
             raise SearchTooLarge(f"{n * p} states at layer {k}")
         nu = (usage[:, None, :] + levels.cost[k][None]).reshape(-1, m)
         nv = (value[:, None] + levels.obj[k][None]).reshape(-1)
-        fits = np.flatnonzero(np.all(nu + levels.min_rest[k + 1] <= rhs, axis=1))  # state * p + option
+        fits = np.flatnonzero(np.all(nu <= room[k + 1], axis=1))  # state * p + option
         nu, nv = nu[fits], nv[fits]
         bound = nv + (rest[k + 1][None, :] + nu @ per_unit).max(axis=1)
         if beam is None:
@@ -269,9 +283,10 @@ def solve_mckp(problem: ChoiceProblem, incumbent: list[int] | None = None) -> li
     return _solve(problem, incumbent)[0]
 
 
-def _solve(problem: ChoiceProblem, incumbent=None, prices=None):
-    """solve_mckp, and the Lagrangian prices it used (mu per unit of each row): `prices` from a
-    neighbouring budget start the multiplier search."""
+def _solve(problem: ChoiceProblem, incumbent=None, prices=None, gap_hint=None):
+    """solve_mckp, the Lagrangian prices it used (mu per unit of each row) and its duality gap
+    (optimum minus the dual bound). `prices` from a neighbouring budget start the multiplier
+    search; `gap_hint`, that budget's duality gap, narrows the first beam (see _beam_gap)."""
     obj = problem.objective
     cost = problem.costs
     rhs = problem.rhs.astype(np.int64)
@@ -290,20 +305,30 @@ def _solve(problem: ChoiceProblem, incumbent=None, prices=None):
     ub, best = np.inf, None
     if incumbent is not None and problem.is_feasible(incumbent):
         best, ub = list(incumbent), problem.value(incumbent)
-    beam_levels = None
-    for width in BEAM_WIDTHS:
-        if beam_levels is None:
-            beam_levels = _Levels(obj, cost, norm, rhs, _within_gap(alive, reduced, ub - phi, tol), mus)
-        found = _search(beam_levels, rhs, np.inf, width, tol)
+    for attempt, width in enumerate(BEAM_WIDTHS):
+        gap = _beam_gap(ub - phi, gap_hint if attempt == 0 else None)
+        found = _search(_Levels(obj, cost, norm, rhs, _within_gap(alive, reduced, gap, tol), mus),
+                        rhs, np.inf, width, tol)
         if found is not None and found[1] < ub:
             best, ub = found
-            beam_levels = None
         if best is None:
             continue
         found = _prove(obj, cost, norm, rhs, alive, reduced, phi, mus, best, ub, tol)
         if found is not None:
-            return found, mu / scale
+            return found, mu / scale, problem.value(found) - phi
     raise SearchTooLarge(f"no proof of optimality within {MAX_STATES} states per layer")
+
+
+def _beam_gap(incumbent_gap: float, gap_hint: float | None) -> float:
+    """The reduced-cost limit of the options a beam may pick.
+
+    Every option of an optimum has a reduced cost at most the duality gap (optimum minus phi),
+    so the beam needs no option beyond it. The incumbent's gap bounds it from above; in a front,
+    the neighbouring budget's duality gap is a far closer guess, and a beam over those few
+    options is both cheaper and better aimed. A guess that is too small only costs a worse
+    incumbent: the proof still searches every option within the incumbent's gap.
+    """
+    return incumbent_gap if gap_hint is None else min(incumbent_gap, gap_hint)
 
 
 def _prove(obj, cost, norm, rhs, alive, reduced, phi, mus, best, ub, tol):
@@ -325,18 +350,18 @@ def solve_mckp_front(problem: ChoiceProblem, row: int, budgets) -> list[list[int
     binds. The rest are solved from the smallest up, each optimum the next one's first incumbent,
     since a choice that fits a budget fits every larger one, and each one's Lagrangian prices the
     start of the next one's."""
-    def at(budget, incumbent=None, prices=None):
+    def at(budget, incumbent=None, prices=None, gap=None):
         rhs = problem.rhs.copy()
         rhs[row] = int(budget)
-        return _solve(ChoiceProblem(problem.objective, problem.costs, rhs, problem.labels), incumbent, prices)
+        return _solve(ChoiceProblem(problem.objective, problem.costs, rhs, problem.labels), incumbent, prices, gap)
 
-    top, prices = at(max(budgets))
+    top, prices, _ = at(max(budgets))
     top_usage = int(problem.usage(top)[row])
     choices: list[list[int] | None] = [top if b >= top_usage else None for b in budgets]
-    previous = None
+    previous, gap = None, None
     for i in sorted(range(len(budgets)), key=lambda i: budgets[i]):
         if choices[i] is None:
-            previous, prices = at(budgets[i], previous, prices)
+            previous, prices, gap = at(budgets[i], previous, prices, gap)
             choices[i] = previous
     return choices
 

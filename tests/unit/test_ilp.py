@@ -136,19 +136,32 @@ def test_exact_search_with_a_poor_incumbent_matches_brute_force(monkeypatch):
         assert res.objective == pytest.approx(expected, rel=1e-12), seed
 
 
-@pytest.mark.parametrize("rows", [1, 2])
-def test_state_dominance_filter(rows):
-    rng = np.random.default_rng(rows)
-    usage = rng.integers(0, 6, size=(400, rows))
-    value = rng.integers(0, 6, size=400).astype(float)
+@pytest.mark.parametrize("rows, states", [(1, 400), (2, 400), (2, 100)])  # 2 rows, 100: all pairs
+def test_state_dominance_filter(rows, states):
+    rng = np.random.default_rng(rows + states)
+    usage = rng.integers(0, 6, size=(states, rows))
+    value = rng.integers(0, 6, size=states).astype(float)
     kept = exact_mckp.undominated_states(usage, value)
     dominates = lambda i, j: np.all(usage[i] <= usage[j]) and value[i] <= value[j]  # noqa: E731
     kept_set = set(kept.tolist())
     assert len(kept_set) == len(kept)
     for i in kept_set:  # no kept state is dominated by another kept state
         assert not any(dominates(j, i) for j in kept_set if j != i)
-    for i in set(range(400)) - kept_set:  # every dropped state has a kept dominator
+    for i in set(range(states)) - kept_set:  # every dropped state has a kept dominator
         assert any(dominates(j, i) for j in kept_set)
+
+
+def test_pairwise_dominance_filter_matches_the_staircase():
+    """Small state sets take the all-pairs path: same states, same order as the staircase loop."""
+    rng = np.random.default_rng(7)
+    for states in (1, 2, 17, exact_mckp._PAIRWISE_MAX):
+        usage = rng.integers(0, 8, size=(states, 2))
+        value = rng.integers(0, 8, size=states).astype(float)
+        pairwise = exact_mckp.undominated_states(usage, value)
+        padded = exact_mckp.undominated_states(  # far-off states push it onto the staircase
+            np.vstack([usage, np.full((exact_mckp._PAIRWISE_MAX, 2), 99)]),
+            np.concatenate([value, np.full(exact_mckp._PAIRWISE_MAX, 99.0)]))
+        assert pairwise.tolist() == padded[padded < states].tolist()
 
 
 def test_dominated_options_are_dropped_before_solving():
@@ -226,6 +239,24 @@ def test_front_equals_single_budget_optima_on_a_network_sized_problem():
                            solver="exact")
         assert res.objective == pytest.approx(single.objective, rel=1e-12)
     assert [r.objective for r in front] == sorted((r.objective for r in front), reverse=True)
+
+
+def test_a_wrong_gap_hint_only_changes_the_incumbent():
+    """The neighbour's duality gap narrows the first beam; too small (nothing fits) or too large,
+    the search still proves the same optimum, and reports its own gap."""
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        n, p = 14, 4
+        obj = rng.uniform(0.0, 1.0, size=(n, p))
+        costs = rng.integers(1, 50, size=(2, n, p)).astype(np.int64)
+        rhs = (costs.min(axis=2).sum(axis=1) + costs.max(axis=2).sum(axis=1)) // 2
+        problem = ChoiceProblem(obj, costs, rhs, [[(8 - q, 8) for q in range(p)]] * n)
+        plain, _, gap = exact_mckp._solve(problem)
+        assert gap >= -1e-9
+        for hint in (0.0, gap / 4, gap, 100 * gap):
+            hinted, _, hinted_gap = exact_mckp._solve(problem, gap_hint=hint)
+            assert problem.value(hinted) == pytest.approx(problem.value(plain), rel=1e-12)
+            assert problem.is_feasible(hinted) and hinted_gap == pytest.approx(gap, abs=1e-12)
 
 
 def test_front_refuses_an_unreachable_smallest_budget():
