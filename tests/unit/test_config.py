@@ -27,7 +27,7 @@ def test_a_stage_spec_must_carry_every_defaulted_key_of_its_sections():
     assert "dataset.workers" in missing and "pretrain.epochs" in missing and "recipe.epochs" in missing
     assert not any(k.startswith(("policy.", "seed")) for k in missing)
     cfg = validate_config({**DEFAULT, "dataset": {"name": "digits"}, "pretrain": {"weights": "w.pth"}}, SCHEMA)
-    assert cfg["pretrain"]["epochs"] == 0 and validate_config(DEFAULT, SCHEMA)["pretrain"]["epochs"] == 30
+    assert cfg["pretrain"]["epochs"] == 0 and validate_config(DEFAULT, SCHEMA)["pretrain"]["epochs"] == 20  # as written
     resolved = {**given, "dataset": cfg["dataset"], "pretrain": cfg["pretrain"], "recipe": cfg["finetune"]["lsq"]}
     assert spec_missing_keys(resolved) == []
     filled = resolve_spec(given)
